@@ -1,0 +1,3 @@
+from fspd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Logging setup: structlog, JSON lines off a TTY, console rendering on one.
+
+Credentials never reach a log line: :func:`_redact` drops values of keys that look secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_MARKERS = ("secret", "password", "token", "credential", "authorization", "session_key")
+
+
+def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        lowered = key.lower()
+        if any(marker in lowered for marker in _SECRET_MARKERS):
+            event[key] = "***"
+    return event
+
+
+def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
+    """Configure structlog for the process. ``json=None`` picks JSON unless stderr is a TTY."""
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name) if name else structlog.get_logger()
