@@ -1,0 +1,148 @@
+"""Shared aiobotocore clients: one per (service, region, profile, role, endpoint).
+
+Credentials follow the AWS conventions users rely on (AWS_PROFILE, AWS_REGION, the shared
+config/credentials files, AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE>, instance roles) because
+botocore resolves them; fspd only adds a per-endpoint profile, endpoint URL and role to assume.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from aiobotocore.credentials import (
+    AioAssumeRoleCredentialFetcher,
+    AioDeferredRefreshableCredentials,
+)
+from aiobotocore.session import AioSession
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fspd.config import Settings
+from fspd.errors import BadInput, PermissionProblem
+from fspd.retry import ApiError
+
+
+@dataclass(frozen=True, slots=True)
+class AwsTarget:
+    """Where and as whom to talk to AWS for one end of a job."""
+
+    region: str
+    profile: str | None = None
+    endpoint_url: str | None = None
+    role_arn: str | None = None
+    external_id: str | None = None
+
+    def describe(self) -> str:
+        parts = [self.region]
+        if self.profile:
+            parts.append(f"profile {self.profile}")
+        if self.role_arn:
+            parts.append(f"role {self.role_arn}")
+        if self.endpoint_url:
+            parts.append(f"endpoint {self.endpoint_url}")
+        return ", ".join(parts)
+
+
+class AwsClients:
+    """Creates clients lazily and closes them all together (``async with``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stack = AsyncExitStack()
+        self._sessions: dict[tuple[str | None, str | None, str | None], AioSession] = {}
+        self._clients: dict[tuple[str, AwsTarget], Any] = {}
+
+    async def __aenter__(self) -> AwsClients:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+        self._clients.clear()
+
+    def _config(self, service: str) -> Config:
+        t, r = self._settings.transfer, self._settings.retry
+        pool = max(t.fetch_concurrency, t.put_concurrency) + 16
+        return Config(
+            max_pool_connections=pool,
+            connect_timeout=r.connect_timeout_s,
+            read_timeout=r.read_timeout_s,
+            # Control-plane calls use botocore's own retry machinery; block transfers have
+            # fspd's (see retry.py), so they are not retried twice.
+            retries={"mode": "standard", "max_attempts": r.max_attempts},
+            user_agent_extra="fspd",
+        )
+
+    async def session(self, target: AwsTarget) -> AioSession:
+        key = (target.profile, target.role_arn, target.external_id)
+        if key not in self._sessions:
+            try:
+                session = AioSession(profile=target.profile)
+                if target.role_arn:
+                    await self._assume_role(session, target)
+            except BotoCoreError as exc:
+                raise BadInput(str(exc), field="profile") from None
+            self._sessions[key] = session
+        return self._sessions[key]
+
+    async def _assume_role(self, session: AioSession, target: AwsTarget) -> None:
+        source = await session.get_credentials()
+        if source is None:
+            raise PermissionProblem("no credentials found to assume role " + str(target.role_arn))
+        extra: dict[str, Any] = {"RoleSessionName": "fspd"}
+        if target.external_id:
+            extra["ExternalId"] = target.external_id
+
+        def sts_creator(service: str, **kwargs: Any) -> Any:
+            return session.create_client(service, region_name=target.region,
+                                         endpoint_url=target.endpoint_url, **kwargs)
+
+        fetcher = AioAssumeRoleCredentialFetcher(
+            client_creator=sts_creator, source_credentials=source,
+            role_arn=target.role_arn, extra_args=extra,
+        )
+        # botocore has no public setter for refreshable credentials; the session reads
+        # _credentials before its provider chain, which is what we need here.
+        session._credentials = AioDeferredRefreshableCredentials(  # type: ignore[attr-defined]
+            refresh_using=fetcher.fetch_credentials, method="assume-role"
+        )
+
+    async def client(self, service: str, target: AwsTarget) -> Any:
+        key = (service, target)
+        if key not in self._clients:
+            session = await self.session(target)
+            ctx = session.create_client(
+                service, region_name=target.region, endpoint_url=target.endpoint_url,
+                config=self._config(service),
+            )
+            self._clients[key] = await self._stack.enter_async_context(ctx)
+        return self._clients[key]
+
+    async def credentials(self, target: AwsTarget) -> Any:
+        session = await self.session(target)
+        creds = await session.get_credentials()
+        if creds is None:
+            raise PermissionProblem(
+                f"no AWS credentials found for {target.describe()} (set AWS_PROFILE, "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an instance role)")
+        return creds
+
+
+async def call(client: Any, operation: str, **params: Any) -> dict[str, Any]:
+    """Call ``client.<operation>`` and turn botocore's errors into :class:`ApiError`."""
+    method = getattr(client, _snake(operation))
+    try:
+        return await method(**params)
+    except ClientError as exc:
+        raise ApiError.from_client_error(exc, operation) from None
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)

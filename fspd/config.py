@@ -1,0 +1,102 @@
+"""fspd's settings: one TOML file (``config/fspd.toml`` documents every key and its default).
+
+Every queue, pool, retry and timeout in fspd takes its bound from here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fspd.errors import BadInput
+
+DEFAULT_CONFIG_PATHS = (Path("/etc/fspd/fspd.toml"),)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransferSettings(_Section):
+    # Requests in flight per snapshot stream. AWS's worked example: 100 ms x 100 = 1,000/s.
+    fetch_concurrency: int = Field(128, ge=1, le=1024)
+    put_concurrency: int = Field(128, ge=1, le=1024)
+    # Blocks buffered between stages (per queue). Memory ~ queue_blocks x 512 KiB per queue.
+    queue_blocks: int = Field(256, ge=1, le=8192)
+    # Client-side pacing per snapshot stream, under AWS's 1,000 requests/s per snapshot quota.
+    per_snapshot_rps: float = Field(950.0, gt=0, le=100_000)
+    # Threads for hashing, compression and file I/O (they release the GIL).
+    worker_threads: int = Field(4, ge=1, le=64)
+    hash_in_threads: bool = False
+    # Sign with botocore, send Get/PutSnapshotBlock with aiohttp (see docs/performance).
+    fast_path: bool = True
+    list_page_size: int = Field(10_000, ge=100, le=10_000)
+
+
+class RetrySettings(_Section):
+    max_attempts: int = Field(8, ge=1, le=100)  # per block / request, for 5xx and network errors
+    max_throttle_attempts: int = Field(30, ge=1, le=1000)  # throttling only slows a job down
+    backoff_base_s: float = Field(0.1, gt=0, le=60)
+    backoff_cap_s: float = Field(20.0, gt=0, le=600)
+    # AWS's eventual-consistency window after StartSnapshot / completion.
+    not_found_window_s: float = Field(120.0, ge=0, le=3600)
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    read_timeout_s: float = Field(60.0, gt=0, le=3600)
+    job_deadline_s: float = Field(0.0, ge=0)  # 0 = no whole-job deadline
+    completion_wait_s: float = Field(3600.0, gt=0)  # wait for "completed" after CompleteSnapshot
+
+
+class SnapshotSettings(_Section):
+    timeout_minutes: int = Field(4320, ge=10, le=4320)  # StartSnapshot Timeout for new snapshots
+
+
+class PathSettings(_Section):
+    # Prefixes jobs may write to / read from. By default nothing under /dev.
+    allow_write: tuple[str, ...] = ("/",)
+    allow_read: tuple[str, ...] = ("/",)
+    allow_devices: tuple[str, ...] = ()
+
+
+class Settings(_Section):
+    transfer: TransferSettings = TransferSettings()
+    retry: RetrySettings = RetrySettings()
+    snapshot: SnapshotSettings = SnapshotSettings()
+    paths: PathSettings = PathSettings()
+    daemon: dict[str, Any] = Field(default_factory=dict)
+    s3: dict[str, Any] = Field(default_factory=dict)
+    log_level: str = "info"
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{where}: {first['msg']}"
+
+
+def load(path: Path | str | None = None) -> Settings:
+    """Load settings from ``path``, $FSPD_CONFIG, or /etc/fspd/fspd.toml; defaults otherwise."""
+    candidates = [Path(path)] if path else []
+    if not candidates and os.environ.get("FSPD_CONFIG"):
+        candidates = [Path(os.environ["FSPD_CONFIG"])]
+    explicit = bool(candidates)
+    if not candidates:
+        candidates = [p for p in DEFAULT_CONFIG_PATHS if p.exists()]
+    if not candidates:
+        return Settings()
+    cfg = candidates[0]
+    try:
+        data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if explicit:
+            raise BadInput(f"config file {cfg} does not exist", field="config") from None
+        return Settings()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{cfg} is not valid TOML: {exc}", field="config") from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise BadInput(f"{cfg}: {_describe(exc)}", field="config") from None

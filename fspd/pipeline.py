@@ -1,0 +1,249 @@
+"""The one pipeline every job runs: list → fetch (verify) → write/put ×N → commit.
+
+Stages are joined by bounded queues, so a slow stage makes the earlier ones wait and memory
+stays flat whatever the volume size: at most ``queue_blocks`` blocks wait in each queue plus
+the blocks in flight. A block is fetched once and handed to every sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fspd.blocks import BLOCK_SIZE, Block, BlockRef, Kind
+from fspd.errors import FspdError, TransferFailed
+from fspd.log import get_logger
+from fspd.progress import Progress
+
+log = get_logger("fspd.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Blocks ``[start, stop)`` that the source does not have: they read as zeros."""
+
+    start: int
+    stop: int
+
+
+@dataclass
+class VolumeInfo:
+    """What a source knows about the volume it serves."""
+
+    volume_size: int  # bytes, a multiple of 1 GiB for EBS
+    byte_length: int | None = None  # the original length, when not a whole number of GiB
+    encrypted: bool = False
+    kms_key_arn: str | None = None
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    origin: str = ""  # "snap-… in us-east-1", "/path/to/file"
+
+    @property
+    def block_count(self) -> int:
+        return -(-self.volume_size // BLOCK_SIZE)
+
+
+class Source(Protocol):
+    async def open(self) -> VolumeInfo: ...
+
+    def entries(self) -> AsyncIterator[BlockRef | Gap]:
+        """Block refs (ascending) and gaps covering the volume, for this job's semantics."""
+        ...
+
+    async def fetch(self, ref: BlockRef) -> Block:
+        """Read and verify one block (retrying as the retry policy says)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    name: str
+    concurrency: int
+
+    async def open(self, info: VolumeInfo) -> None: ...
+
+    async def write(self, block: Block) -> bool:
+        """Write one block; return False when it was skipped (a safely skippable zero)."""
+        ...
+
+    async def gap(self, gap: Gap) -> None: ...
+
+    async def commit(self) -> dict[str, Any]: ...
+
+    async def abort(self, error: BaseException) -> dict[str, Any]: ...
+
+
+_STOP = object()
+
+
+class _Fanout:
+    """A block travelling to several sinks; counted done when the last sink has it."""
+
+    __slots__ = ("block", "remaining", "skipped")
+
+    def __init__(self, block: Block, remaining: int) -> None:
+        self.block = block
+        self.remaining = remaining
+        self.skipped = True
+
+
+@dataclass
+class SinkState:
+    sink: Sink
+    queue: asyncio.Queue[Any]
+    policy: str = "fail"  # "fail": the job fails with it; "drop": carry on without it
+    error: BaseException | None = None
+
+
+class Pipeline:
+    def __init__(self, source: Source, sinks: list[Sink], progress: Progress, *,
+                 fetch_concurrency: int, queue_blocks: int,
+                 sink_policies: list[str] | None = None) -> None:
+        if not sinks:
+            raise ValueError("a pipeline needs at least one sink")
+        self.source = source
+        self.progress = progress
+        self.fetch_concurrency = fetch_concurrency
+        self._fetch_q: asyncio.Queue[Any] = asyncio.Queue(queue_blocks)
+        policies = sink_policies or ["fail"] * len(sinks)
+        self.sinks = [SinkState(s, asyncio.Queue(queue_blocks), p)
+                      for s, p in zip(sinks, policies, strict=True)]
+        progress.stage("list", self._fetch_q.qsize)
+        self._fetch_stats = progress.stage("fetch")
+        for st in self.sinks:
+            progress.stage(f"write:{st.sink.name}", st.queue.qsize)
+
+    async def run(self, info: VolumeInfo) -> list[dict[str, Any]]:
+        """Move every block; return each sink's commit result (or failure record)."""
+        for st in self.sinks:
+            await st.sink.open(info)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._list())
+                fetchers = [tg.create_task(self._fetch()) for _ in range(self.fetch_concurrency)]
+                writers = [tg.create_task(self._write(st))
+                           for st in self.sinks for _ in range(st.sink.concurrency)]
+                await asyncio.gather(*fetchers)
+                for st in self.sinks:
+                    for _ in range(st.sink.concurrency):
+                        await st.queue.put(_STOP)
+                await asyncio.gather(*writers)
+        except BaseExceptionGroup as group:
+            error = _first_cause(group)
+            await self._abort_all(error)
+            raise error from None
+        except BaseException as error:
+            await self._abort_all(error)
+            raise
+        results = []
+        for st in self.sinks:
+            if st.error is not None:
+                results.append(await st.sink.abort(st.error))
+            else:
+                results.append(await st.sink.commit())
+        if all(st.error is not None for st in self.sinks):
+            raise TransferFailed("every destination failed: " + "; ".join(
+                f"{st.sink.name}: {st.error}" for st in self.sinks))
+        return results
+
+    async def _abort_all(self, error: BaseException) -> None:
+        for st in self.sinks:
+            try:
+                await st.sink.abort(st.error or error)
+            except Exception as exc:
+                log.warning("abort_failed", sink=st.sink.name, error=str(exc))
+
+    async def _list(self) -> None:
+        listed = 0
+        async for entry in self.source.entries():
+            if isinstance(entry, Gap):
+                await self._to_sinks(entry)
+                continue
+            listed += 1
+            self.progress.blocks_listed = listed
+            if entry.kind is Kind.ZERO:
+                await self._to_sinks(Block.zeros(entry.index))
+            else:
+                await self._fetch_q.put(entry)
+        self.progress.blocks_total = listed
+        for _ in range(self.fetch_concurrency):
+            await self._fetch_q.put(_STOP)
+
+    async def _fetch(self) -> None:
+        stats = self._fetch_stats
+        while (ref := await self._fetch_q.get()) is not _STOP:
+            stats.in_flight += 1
+            try:
+                block = await self.source.fetch(ref)
+            finally:
+                stats.in_flight -= 1
+            stats.done += 1
+            await self._to_sinks(block)
+
+    async def _to_sinks(self, item: Block | Gap) -> None:
+        live = [st for st in self.sinks if st.error is None]
+        if not live:
+            return
+        carrier: Any = _Fanout(item, len(live)) if isinstance(item, Block) else item
+        for st in live:
+            await st.queue.put(carrier)
+
+    async def _write(self, st: SinkState) -> None:
+        stats = self.progress.stage(f"write:{st.sink.name}")
+        while (item := await st.queue.get()) is not _STOP:
+            if st.error is not None:  # dropped: drain so the other sinks keep moving
+                self._account(item, skipped=True)
+                continue
+            stats.in_flight += 1
+            try:
+                if isinstance(item, Gap):
+                    await st.sink.gap(item)
+                else:
+                    if await st.sink.write(item.block):
+                        item.skipped = False
+                    self._account(item, skipped=item.skipped)
+            except (TimeoutError, FspdError, OSError) as exc:
+                if st.policy != "drop" or len(self.sinks) == 1:
+                    raise
+                st.error = exc
+                self.progress.error(f"{st.sink.name}: {exc}")
+                self.progress.destinations.setdefault(st.sink.name, {})["state"] = "dropped"
+                log.warning("destination_dropped", destination=st.sink.name, error=str(exc))
+                if isinstance(item, _Fanout):
+                    self._account(item, skipped=True)
+            finally:
+                stats.in_flight -= 1
+            stats.done += 1
+
+    def _account(self, item: Any, *, skipped: bool) -> None:
+        if not isinstance(item, _Fanout):
+            return
+        item.remaining -= 1
+        if not skipped:
+            item.skipped = False
+        if item.remaining == 0:
+            self.progress.block_done(skipped=item.skipped)
+
+
+def _first_cause(group: BaseExceptionGroup) -> BaseException:
+    """The error that started a TaskGroup's failure, preferring a user-facing one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, FspdError):
+            return exc
+    for exc in leaves:
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return leaves[0]

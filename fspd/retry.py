@@ -1,0 +1,166 @@
+"""How fspd reacts to failures, following AWS's retry table for EBS Direct:
+
+* throttling slows the whole stream down (a shared CUBIC rate controller) and is retried;
+* 5xx, network errors and corrupt reads are retried with full-jitter exponential backoff;
+* permanent errors (access denied, validation, conflict, quotas) fail at once, with a message
+  that names the permission or parameter;
+* "snapshot not found" right after StartSnapshot / completion is retried for a bounded window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from enum import Enum
+
+from botocore.retries.throttling import CubicCalculator
+
+from fspd.errors import FspdError, PermissionProblem, TransferFailed
+
+THROTTLE_CODES = frozenset({
+    "ThrottlingException", "RequestThrottledException", "Throttling", "SlowDown",
+    "TooManyRequestsException", "RequestLimitExceeded", "ThrottledException",
+})
+ACCESS_CODES = frozenset({
+    "AccessDeniedException", "AccessDenied", "UnauthorizedOperation", "AuthFailure",
+    "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+    "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId",
+})
+
+# Which IAM action each operation needs, for messages a user can act on.
+IAM_ACTION = {
+    "StartSnapshot": "ebs:StartSnapshot", "PutSnapshotBlock": "ebs:PutSnapshotBlock",
+    "CompleteSnapshot": "ebs:CompleteSnapshot", "ListSnapshotBlocks": "ebs:ListSnapshotBlocks",
+    "ListChangedBlocks": "ebs:ListChangedBlocks", "GetSnapshotBlock": "ebs:GetSnapshotBlock",
+    "DescribeSnapshots": "ec2:DescribeSnapshots", "DescribeRegions": "ec2:DescribeRegions",
+    "DeleteSnapshot": "ec2:DeleteSnapshot",
+}
+
+
+class Verdict(Enum):
+    THROTTLED = "throttled"
+    TRANSIENT = "transient"
+    NOT_FOUND = "not_found"
+    TOKEN_EXPIRED = "token_expired"
+    FATAL = "fatal"
+
+
+class ApiError(Exception):
+    """An error answered by an AWS API, in one shape whichever client raised it."""
+
+    def __init__(self, operation: str, code: str, message: str = "", *, status: int = 0,
+                 reason: str = "") -> None:
+        self.operation = operation
+        self.code = code
+        self.message = message
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{operation}: {code}{f' ({reason})' if reason else ''}: {message}")
+
+    @classmethod
+    def from_client_error(cls, exc: Exception, operation: str = "") -> ApiError:
+        response = getattr(exc, "response", {}) or {}
+        error = response.get("Error", {})
+        return cls(
+            operation or getattr(exc, "operation_name", "") or "request",
+            str(error.get("Code", "Unknown")),
+            str(error.get("Message", "")),
+            status=int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0),
+            reason=str(response.get("Reason") or error.get("Reason") or ""),
+        )
+
+
+class CorruptBlock(Exception):
+    """A block whose bytes do not match its checksum."""
+
+
+def classify(exc: BaseException) -> Verdict:
+    if isinstance(exc, ApiError):
+        if exc.code in THROTTLE_CODES or exc.status == 429:
+            return Verdict.THROTTLED
+        if exc.code == "ResourceNotFoundException":
+            return Verdict.NOT_FOUND
+        if exc.code == "ValidationException":
+            if exc.reason == "INVALID_BLOCK_TOKEN":
+                return Verdict.TOKEN_EXPIRED
+            if "failed to read block data" in exc.message.lower():
+                return Verdict.TRANSIENT
+            return Verdict.FATAL
+        if exc.status >= 500 or exc.code in ("InternalServerException", "InternalError",
+                                             "ServiceUnavailable", "RequestTimeout"):
+            return Verdict.TRANSIENT
+        return Verdict.FATAL
+    if isinstance(exc, CorruptBlock | asyncio.TimeoutError | TimeoutError | ConnectionError):
+        return Verdict.TRANSIENT
+    # aiohttp and botocore network errors, without importing them here.
+    module = type(exc).__module__
+    if module.startswith(("aiohttp", "botocore.exceptions", "urllib3")):
+        return Verdict.TRANSIENT
+    return Verdict.FATAL
+
+
+def fatal_error(exc: BaseException) -> FspdError:
+    """Turn a permanent failure into a message naming what the user must fix."""
+    if isinstance(exc, FspdError):
+        return exc
+    if isinstance(exc, ApiError):
+        if exc.code in ACCESS_CODES or exc.status == 403:
+            action = IAM_ACTION.get(exc.operation, exc.operation)
+            return PermissionProblem(
+                f"AWS refused {exc.operation} ({exc.code}"
+                f"{', ' + exc.reason if exc.reason else ''}): the credentials need permission "
+                f"for {action}. AWS said: {exc.message}")
+        return TransferFailed(f"{exc.operation} failed: {exc.code}"
+                              f"{' (' + exc.reason + ')' if exc.reason else ''}: {exc.message}")
+    return TransferFailed(f"{type(exc).__name__}: {exc}")
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff (AWS architecture blog's recommended variant)."""
+    return random.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+class RateController:
+    """Client-side pacing for one request stream (for example Get on one snapshot).
+
+    Starts at ``max_rate``; on throttling the rate drops multiplicatively and then recovers
+    along botocore's CUBIC curve (the same calculator as botocore's adaptive retry mode).
+    Callers ``await acquire()`` before each request.
+    """
+
+    def __init__(self, max_rate: float, *, min_rate: float = 1.0) -> None:
+        self.max_rate = max_rate
+        self.min_rate = min_rate
+        self.rate = max_rate
+        self._cubic = CubicCalculator(starting_max_rate=max_rate, start_time=time.monotonic())
+        self._next_slot = 0.0
+        self._last_cut = 0.0
+        self.throttle_events = 0
+
+    def set_max_rate(self, rate: float) -> None:
+        self.max_rate = rate
+        self.rate = min(self.rate, rate)
+
+    async def acquire(self) -> None:
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def on_success(self) -> None:
+        if self.rate < self.max_rate:
+            self.rate = min(self.max_rate, max(self.min_rate,
+                            self._cubic.success_received(time.monotonic())))
+
+    def on_throttle(self) -> None:
+        self.throttle_events += 1
+        now = time.monotonic()
+        # One cut per burst of throttles: many requests in flight fail together.
+        if now - self._last_cut < 0.2:
+            return
+        self._last_cut = now
+        self.rate = max(self.min_rate, self._cubic.error_received(self.rate, now))
+        # Leave a gap so the server's bucket can refill before we resume.
+        self._next_slot = max(self._next_slot, now + 1.0 / self.rate)
