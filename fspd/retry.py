@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from enum import Enum
+from typing import TypeVar
 
 from botocore.retries.throttling import CubicCalculator
 
 from fspd.errors import FspdError, PermissionProblem, TransferFailed
+
+T = TypeVar("T")
 
 THROTTLE_CODES = frozenset({
     "ThrottlingException", "RequestThrottledException", "Throttling", "SlowDown",
@@ -164,3 +168,69 @@ class RateController:
         self.rate = max(self.min_rate, self._cubic.error_received(self.rate, now))
         # Leave a gap so the server's bucket can refill before we resume.
         self._next_slot = max(self._next_slot, now + 1.0 / self.rate)
+
+
+class Retrier:
+    """Runs one request under the retry policy, sharing a :class:`RateController` with the
+    other requests of the same stream and counting what it did in ``on_retry(kind)``."""
+
+    def __init__(self, *, max_attempts: int, max_throttle_attempts: int, backoff_base: float,
+                 backoff_cap: float, not_found_window: float, rate: RateController | None = None,
+                 on_retry: Callable[[str], None] | None = None) -> None:
+        self.max_attempts = max_attempts
+        self.max_throttle_attempts = max_throttle_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.not_found_window = not_found_window
+        self.rate = rate
+        self.on_retry = on_retry or (lambda kind: None)
+
+    async def run(self, call: Callable[[], Awaitable[T]], *,
+                  refresh_token: Callable[[], Awaitable[None]] | None = None,
+                  not_found_grace_until: float = 0.0) -> T:
+        attempts = throttles = refreshes = 0
+        while True:
+            if self.rate is not None:
+                await self.rate.acquire()
+            try:
+                result = await call()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                verdict = classify(exc)
+                if verdict is Verdict.THROTTLED:
+                    throttles += 1
+                    if self.rate is not None:
+                        self.rate.on_throttle()
+                    if throttles >= self.max_throttle_attempts:
+                        raise TransferFailed(
+                            f"still throttled after {throttles} attempts: {exc}") from None
+                    self.on_retry("throttled")
+                    await asyncio.sleep(backoff_delay(min(throttles, 8), self.backoff_base,
+                                                      self.backoff_cap))
+                    continue
+                if verdict is Verdict.TOKEN_EXPIRED and refresh_token and refreshes < 2:
+                    refreshes += 1
+                    self.on_retry("token_refreshed")
+                    await refresh_token()
+                    continue
+                if verdict is Verdict.NOT_FOUND and time.monotonic() < not_found_grace_until:
+                    self.on_retry("not_found")
+                    await asyncio.sleep(backoff_delay(min(attempts, 5) + 1, self.backoff_base,
+                                                      self.backoff_cap))
+                    attempts += 1
+                    continue
+                if verdict is Verdict.TRANSIENT:
+                    attempts += 1
+                    if attempts >= self.max_attempts:
+                        raise TransferFailed(
+                            f"gave up after {attempts} attempts: {type(exc).__name__}: {exc}"
+                        ) from None
+                    self.on_retry("corrupt" if isinstance(exc, CorruptBlock) else "transient")
+                    await asyncio.sleep(backoff_delay(attempts, self.backoff_base,
+                                                      self.backoff_cap))
+                    continue
+                raise fatal_error(exc) from None
+            if self.rate is not None:
+                self.rate.on_success()
+            return result

@@ -1,0 +1,1 @@
+"""Sources and sinks: every place blocks come from or go to, behind the pipeline's interfaces."""

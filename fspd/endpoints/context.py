@@ -1,0 +1,70 @@
+"""What every endpoint of one job shares: settings, AWS clients, the thread pool, accounting,
+and one rate controller per request stream (AWS's quotas are per snapshot)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fspd.aws import AwsClients, AwsTarget
+from fspd.blockapi import BlockApi, BotocoreBlockApi, SignedHttpBlockApi
+from fspd.config import Settings
+from fspd.progress import Progress
+from fspd.retry import RateController, Retrier
+
+T = TypeVar("T")
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    settings: Settings
+    clients: AwsClients
+    progress: Progress
+    executor: ThreadPoolExecutor
+    state_dir: Path
+    _block_apis: dict[AwsTarget, BlockApi] = field(default_factory=dict)
+    _rates: dict[tuple[Any, ...], RateController] = field(default_factory=dict)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (hashing, compression, file I/O) on the job's thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def block_api(self, target: AwsTarget) -> BlockApi:
+        api = self._block_apis.get(target)
+        if api is None:
+            ebs = await self.clients.client("ebs", target)
+            t, r = self.settings.transfer, self.settings.retry
+            if t.fast_path:
+                api = await SignedHttpBlockApi.for_client(
+                    ebs, await self.clients.credentials(target),
+                    max_connections=max(t.fetch_concurrency, t.put_concurrency) + 8,
+                    connect_timeout=r.connect_timeout_s, read_timeout=r.read_timeout_s)
+            else:
+                api = BotocoreBlockApi(ebs)
+            self._block_apis[target] = api
+        return api
+
+    def rate(self, *key: Any) -> RateController:
+        """The pacing shared by every request of one stream, e.g. ("get", region, snap)."""
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = RateController(self.settings.transfer.per_snapshot_rps)
+        return rate
+
+    def retrier(self, rate: RateController | None = None) -> Retrier:
+        r = self.settings.retry
+        return Retrier(
+            max_attempts=r.max_attempts, max_throttle_attempts=r.max_throttle_attempts,
+            backoff_base=r.backoff_base_s, backoff_cap=r.backoff_cap_s,
+            not_found_window=r.not_found_window_s, rate=rate, on_retry=self.progress.retry,
+        )
+
+    async def close(self) -> None:
+        for api in self._block_apis.values():
+            await api.close()
+        self._block_apis.clear()

@@ -1,0 +1,389 @@
+"""EBS Direct endpoints: a completed snapshot as a source, the changed blocks between two
+snapshots as a source, and a new snapshot as a sink."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fspd.aws import AwsTarget, call
+from fspd.blocks import (
+    BLOCK_SIZE,
+    GIB,
+    Block,
+    BlockRef,
+    DigestFile,
+    Kind,
+    digest,
+    from_b64,
+    gib_for_bytes,
+    is_zero,
+)
+from fspd.endpoints.context import JobContext
+from fspd.errors import BadInput, TransferFailed
+from fspd.log import get_logger
+from fspd.pipeline import Gap, VolumeInfo
+from fspd.retry import CorruptBlock, Retrier
+
+log = get_logger("fspd.ebs")
+
+BYTE_LENGTH_TAG = "fspd:byte-length"
+SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
+
+
+def check_snapshot_id(value: str, field: str) -> str:
+    if not SNAPSHOT_ID.match(value):
+        raise BadInput(f"{value!r} is not a snapshot id (snap- followed by 8 or 17 hex digits)",
+                       field=field)
+    return value
+
+
+async def describe_snapshot(ctx: JobContext, target: AwsTarget, snapshot_id: str,
+                            field: str) -> dict[str, Any]:
+    ec2 = await ctx.clients.client("ec2", target)
+    try:
+        resp = await _control(ctx).run(
+            lambda: call(ec2, "DescribeSnapshots", SnapshotIds=[snapshot_id]))
+    except TransferFailed as exc:
+        if "InvalidSnapshot.NotFound" in str(exc):
+            raise BadInput(f"snapshot {snapshot_id} does not exist in {target.region}",
+                           field=field) from None
+        raise
+    snaps = resp.get("Snapshots", [])
+    if not snaps:
+        raise BadInput(f"snapshot {snapshot_id} does not exist in {target.region}", field=field)
+    return snaps[0]
+
+
+def _control(ctx: JobContext) -> Retrier:
+    """Control-plane calls already go through botocore's standard retries; this layer only
+    adds the not-found grace window and the mapping of permanent errors to messages."""
+    retrier = ctx.retrier()
+    retrier.max_attempts = 2
+    retrier.max_throttle_attempts = 5
+    return retrier
+
+
+def _tags(snap: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in snap.get("Tags", []) or []}
+
+
+def _info_from(snap: dict[str, Any], target: AwsTarget) -> VolumeInfo:
+    tags = _tags(snap)
+    byte_length = None
+    if tags.get(BYTE_LENGTH_TAG, "").isdigit():
+        byte_length = int(tags[BYTE_LENGTH_TAG])
+    return VolumeInfo(
+        volume_size=int(snap["VolumeSize"]) * GIB, byte_length=byte_length,
+        encrypted=bool(snap.get("Encrypted")), kms_key_arn=snap.get("KmsKeyId"),
+        description=snap.get("Description"), tags=tags,
+        origin=f"{snap['SnapshotId']} in {target.region}",
+    )
+
+
+class _EbsReader:
+    """Fetch and verify blocks of one snapshot; refresh block tokens that expired."""
+
+    snapshot_id: str
+
+    def __init__(self, ctx: JobContext, target: AwsTarget) -> None:
+        self.ctx = ctx
+        self.target = target
+        self._ebs: Any = None
+        self._api: Any = None
+        self._retrier: Retrier | None = None
+
+    async def _open_reader(self, snapshot_id: str) -> None:
+        self._ebs = await self.ctx.clients.client("ebs", self.target)
+        self._api = await self.ctx.block_api(self.target)
+        self._retrier = self.ctx.retrier(self.ctx.rate("get", self.target, snapshot_id))
+
+    async def _verified_get(self, ref: BlockRef) -> Block:
+        data, checksum = await self._api.get_block(self.snapshot_id, ref.index, ref.token)
+        if self.ctx.settings.transfer.hash_in_threads:
+            raw = await self.ctx.offload(digest, data)
+        else:
+            raw = digest(data)
+        if len(data) != BLOCK_SIZE or raw != from_b64(checksum):
+            raise CorruptBlock(f"block {ref.index} of {self.snapshot_id}: "
+                               f"{len(data)} bytes, checksum mismatch")
+        return Block(ref.index, data, raw, is_zero(data))
+
+    async def fetch(self, ref: BlockRef) -> Block:
+        assert self._retrier is not None
+
+        async def refresh() -> None:
+            ref.token = await self._fresh_token(ref.index)
+
+        return await self._retrier.run(lambda: self._verified_get(ref), refresh_token=refresh)
+
+    async def _fresh_token(self, index: int) -> str:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class EbsSnapshotSource(_EbsReader):
+    """Every block of a completed snapshot; unlisted blocks are gaps (they read as zeros)."""
+
+    def __init__(self, ctx: JobContext, target: AwsTarget, snapshot_id: str) -> None:
+        super().__init__(ctx, target)
+        self.snapshot_id = snapshot_id
+        self.info: VolumeInfo | None = None
+
+    async def open(self) -> VolumeInfo:
+        snap = await describe_snapshot(self.ctx, self.target, self.snapshot_id,
+                                       "source.snapshot_id")
+        if snap.get("State") != "completed":
+            raise BadInput(f"snapshot {self.snapshot_id} is {snap.get('State')}, not completed;"
+                           " only completed snapshots can be read", field="source.snapshot_id")
+        self.info = _info_from(snap, self.target)
+        await self._open_reader(self.snapshot_id)
+        return self.info
+
+    async def _pages(self, op: str, start: int = 0, **params: Any
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """Walk a paged listing. Pages may be empty and still carry a token; an expired page
+        token restarts the walk from the next index not yet seen."""
+        page_size = self.ctx.settings.transfer.list_page_size
+        token: str | None = None
+        next_index = start
+        retrier = _control(self.ctx)
+        while True:
+            req = dict(params, MaxResults=page_size)
+            if token:
+                req["NextToken"] = token
+            else:
+                req["StartingBlockIndex"] = next_index
+            try:
+                page = await retrier.run(lambda req=req: call(self._ebs, op, **req))
+            except TransferFailed as exc:
+                if token and "INVALID_PAGE_TOKEN" in str(exc):
+                    token = None
+                    continue
+                raise
+            yield page
+            items = page.get("Blocks") or page.get("ChangedBlocks") or []
+            if items:
+                next_index = items[-1]["BlockIndex"] + 1
+            token = page.get("NextToken")
+            if not token:
+                return
+
+    async def entries(self) -> AsyncIterator[BlockRef | Gap]:
+        assert self.info is not None
+        next_index = 0
+        async for page in self._pages("ListSnapshotBlocks", SnapshotId=self.snapshot_id):
+            for b in page.get("Blocks", []):
+                index = b["BlockIndex"]
+                if index > next_index:
+                    yield Gap(next_index, index)
+                yield BlockRef(index, Kind.DATA, b["BlockToken"])
+                next_index = index + 1
+        if next_index < self.info.block_count:
+            yield Gap(next_index, self.info.block_count)
+
+    async def _fresh_token(self, index: int) -> str:
+        async for page in self._pages("ListSnapshotBlocks", start=index,
+                                      SnapshotId=self.snapshot_id):
+            for b in page.get("Blocks", []):
+                if b["BlockIndex"] == index:
+                    return str(b["BlockToken"])
+                if b["BlockIndex"] > index:
+                    break
+            break
+        raise TransferFailed(f"block {index} is no longer listed in {self.snapshot_id}")
+
+
+class EbsDeltaSource(EbsSnapshotSource):
+    """The blocks that changed from ``base`` to ``snapshot``: changed data is fetched from the
+    newer snapshot; a block absent from it becomes zeros. Unchanged blocks are not touched,
+    except beyond the base's end, where the newer volume reads zeros."""
+
+    def __init__(self, ctx: JobContext, target: AwsTarget, base_snapshot_id: str,
+                 snapshot_id: str) -> None:
+        super().__init__(ctx, target, snapshot_id)
+        self.base_snapshot_id = base_snapshot_id
+        self.base_blocks = 0
+
+    async def open(self) -> VolumeInfo:
+        base = await describe_snapshot(self.ctx, self.target, self.base_snapshot_id,
+                                       "source.base_snapshot_id")
+        self.base_blocks = int(base["VolumeSize"]) * GIB // BLOCK_SIZE
+        return await super().open()
+
+    async def entries(self) -> AsyncIterator[BlockRef | Gap]:
+        assert self.info is not None
+        next_index = self.base_blocks
+        async for page in self._pages("ListChangedBlocks", FirstSnapshotId=self.base_snapshot_id,
+                                      SecondSnapshotId=self.snapshot_id):
+            for b in page.get("ChangedBlocks", []):
+                index = b["BlockIndex"]
+                if index > next_index:
+                    yield Gap(next_index, index)
+                next_index = max(next_index, index + 1)
+                token = b.get("SecondBlockToken")
+                yield BlockRef(index, Kind.DATA if token else Kind.ZERO, token)
+        if next_index < self.info.block_count:
+            yield Gap(next_index, self.info.block_count)
+
+    async def _fresh_token(self, index: int) -> str:
+        async for page in self._pages("ListChangedBlocks", start=index,
+                                      FirstSnapshotId=self.base_snapshot_id,
+                                      SecondSnapshotId=self.snapshot_id):
+            for b in page.get("ChangedBlocks", []):
+                if b["BlockIndex"] == index and b.get("SecondBlockToken"):
+                    return str(b["SecondBlockToken"])
+            break
+        raise TransferFailed(f"block {index} is no longer listed as changed in "
+                             f"{self.snapshot_id}")
+
+
+class EbsSnapshotSink:
+    """Writes a new snapshot: StartSnapshot, PutSnapshotBlock per block, CompleteSnapshot with
+    ChangedBlocksCount and the LINEAR checksum, then waits until it is completed."""
+
+    def __init__(self, ctx: JobContext, target: AwsTarget, *, name: str,
+                 parent_snapshot_id: str | None = None, volume_size_gib: int | None = None,
+                 description: str | None = None, tags: dict[str, str] | None = None,
+                 copy_tags: bool = True, encrypted: bool | None = None,
+                 kms_key_arn: str | None = None, timeout_minutes: int | None = None,
+                 client_token: str | None = None, skip_zero_blocks: bool = True) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.name = name
+        self.concurrency = ctx.settings.transfer.put_concurrency
+        self.parent_snapshot_id = parent_snapshot_id
+        self.volume_size_gib = volume_size_gib
+        self.description = description
+        self.tags = tags or {}
+        self.copy_tags = copy_tags
+        self.encrypted = encrypted
+        self.kms_key_arn = kms_key_arn
+        self.timeout_minutes = timeout_minutes or ctx.settings.snapshot.timeout_minutes
+        self.client_token = client_token
+        self.skip_zero_blocks = skip_zero_blocks
+        self.snapshot_id: str | None = None
+        self._skip_zero = False
+        self._fill_gaps = False
+        self._digests: DigestFile | None = None
+        self._grace_until = 0.0
+
+    async def open(self, info: VolumeInfo) -> None:
+        size_gib = self.volume_size_gib or gib_for_bytes(info.volume_size)
+        encrypted = info.encrypted if self.encrypted is None else self.encrypted
+        tags = {k: v for k, v in info.tags.items() if not k.startswith("aws:")} \
+            if self.copy_tags else {}
+        if info.byte_length is not None:
+            tags[BYTE_LENGTH_TAG] = str(info.byte_length)
+        tags.update(self.tags)
+        params: dict[str, Any] = {"VolumeSize": size_gib, "Timeout": self.timeout_minutes}
+        if self.client_token:
+            params["ClientToken"] = self.client_token
+        description = self.description if self.description is not None else info.description
+        if description:
+            params["Description"] = description[:255]
+        if tags:
+            params["Tags"] = [{"Key": k, "Value": v} for k, v in list(tags.items())[:50]]
+        if self.parent_snapshot_id:
+            # A child inherits its parent's encryption; EBS rejects Encrypted with a parent.
+            params["ParentSnapshotId"] = self.parent_snapshot_id
+            parent = await describe_snapshot(self.ctx, self.target, self.parent_snapshot_id,
+                                             f"{self.name}.parent_snapshot_id")
+            encrypted = bool(parent.get("Encrypted"))
+        elif encrypted:
+            params["Encrypted"] = True
+        if self.kms_key_arn and encrypted:
+            params["KmsKeyArn"] = self.kms_key_arn
+        ebs = await self.ctx.clients.client("ebs", self.target)
+        resp = await _control(self.ctx).run(lambda: call(ebs, "StartSnapshot", **params))
+        self.snapshot_id = str(resp["SnapshotId"])
+        self._grace_until = time.monotonic() + self.ctx.settings.retry.not_found_window_s
+        self.ctx.progress.snapshot_ids[self.name] = self.snapshot_id
+        log.info("snapshot_started", destination=self.name, snapshot_id=self.snapshot_id,
+                 region=self.target.region, volume_size_gib=size_gib, encrypted=encrypted)
+        # Unwritten blocks read as zeros only in an unencrypted snapshot without a parent.
+        self._skip_zero = self.skip_zero_blocks and not encrypted and not self.parent_snapshot_id
+        self._fill_gaps = encrypted and not info.encrypted
+        self._block_count = size_gib * GIB // BLOCK_SIZE
+        self._api = await self.ctx.block_api(self.target)
+        self._retrier = self.ctx.retrier(self.ctx.rate("put", self.target, self.snapshot_id))
+        self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        self._digests = DigestFile(self.ctx.state_dir / f"{self.snapshot_id}.digests",
+                                   self._block_count)
+
+    async def write(self, block: Block) -> bool:
+        if block.zero and self._skip_zero:
+            return False
+        if block.index >= self._block_count:
+            raise TransferFailed(f"block {block.index} is beyond the {self.name} snapshot's "
+                                 "volume size")
+        sid, checksum = self.snapshot_id, block.checksum
+        assert sid is not None and self._digests is not None
+        await self._retrier.run(
+            lambda: self._api.put_block(sid, block.index, block.data, checksum),
+            not_found_grace_until=self._grace_until)
+        self._digests.record(block.index, block.digest)
+        return True
+
+    async def gap(self, gap: Gap) -> None:
+        if self._fill_gaps:  # an unencrypted source read into an encrypted snapshot
+            for index in range(gap.start, gap.stop):
+                await self.write(Block.zeros(index))
+
+    async def commit(self) -> dict[str, Any]:
+        assert self._digests is not None and self.snapshot_id is not None
+        count = self._digests.written.count
+        checksum = self._digests.aggregate()
+        ebs = await self.ctx.clients.client("ebs", self.target)
+        sid = self.snapshot_id
+        await _control(self.ctx).run(lambda: call(
+            ebs, "CompleteSnapshot", SnapshotId=sid, ChangedBlocksCount=count, Checksum=checksum,
+            ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR"),
+            not_found_grace_until=time.monotonic() + self.ctx.settings.retry.not_found_window_s)
+        await self._wait_completed()
+        self._close_digests(remove=True)
+        log.info("snapshot_completed", destination=self.name, snapshot_id=sid, blocks=count)
+        return {"destination": self.name, "type": "ebs", "region": self.target.region,
+                "snapshot_id": sid, "blocks_written": count, "checksum": checksum,
+                "state": "completed"}
+
+    async def _wait_completed(self) -> None:
+        deadline = time.monotonic() + self.ctx.settings.retry.completion_wait_s
+        delay = 0.2
+        while True:
+            snap = await describe_snapshot(self.ctx, self.target, str(self.snapshot_id),
+                                           self.name)
+            state = snap.get("State")
+            if state == "completed":
+                return
+            if state == "error":
+                raise TransferFailed(f"snapshot {self.snapshot_id} in {self.target.region} "
+                                     f"ended in state error: {snap.get('StateMessage', '')}")
+            if time.monotonic() > deadline:
+                raise TransferFailed(f"snapshot {self.snapshot_id} still {state} after "
+                                     f"{self.ctx.settings.retry.completion_wait_s:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+
+    def _close_digests(self, *, remove: bool) -> None:
+        if self._digests is not None:
+            self._digests.close()
+            if remove:
+                self._digests.path.unlink(missing_ok=True)
+
+    async def abort(self, error: BaseException) -> dict[str, Any]:
+        self._close_digests(remove=False)
+        note = None
+        if self.snapshot_id:
+            note = (f"snapshot {self.snapshot_id} in {self.target.region} was left pending; "
+                    f"AWS cancels it when its Timeout ({self.timeout_minutes} min) passes")
+            log.warning("snapshot_left_pending", destination=self.name,
+                        snapshot_id=self.snapshot_id, region=self.target.region)
+        return {"destination": self.name, "type": "ebs", "region": self.target.region,
+                "snapshot_id": self.snapshot_id, "state": "failed", "error": str(error),
+                "note": note}
