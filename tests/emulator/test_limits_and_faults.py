@@ -1,0 +1,221 @@
+"""Throttling at configured rates, fault injection (latency, 5xx, resets, corruption), seeds,
+and the request counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ._blocks import (
+    THROTTLE_CODES,
+    assert_error,
+    aws_client,
+    block,
+    checksum,
+    error_code,
+    expect_error,
+    make_snapshot,
+    put,
+    read_block,
+    tokens,
+)
+
+
+async def _one_block(ebs) -> tuple[str, str]:
+    sid = await make_snapshot(ebs, {0: block("f0")})
+    return sid, (await tokens(ebs, sid))[0]
+
+
+async def _burst_get(url: str, sid: str, token: str, n: int) -> list[object]:
+    async with aws_client("ebs", url, max_pool_connections=n) as client:
+        async def one() -> object:
+            try:
+                data, _ = await read_block(client, sid, 0, token)
+                return data
+            except ClientError as err:
+                return err
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def test_burst_over_low_get_rate_is_throttled_and_counted(emulator, ebs):
+    sid, token = await _one_block(ebs)
+    emulator.config(throttling=True, get_rate=20, burst_seconds=1)
+    emulator.reset_stats()
+    results = await _burst_get(emulator.url, sid, token, 80)
+    errors = [r for r in results if isinstance(r, ClientError)]
+    ok = [r for r in results if isinstance(r, bytes)]
+    assert errors, "80 concurrent GETs at a 20/s limit were never throttled"
+    assert ok, "even a throttled burst lets the allowed rate through"
+    for err in errors:
+        assert_error(err, THROTTLE_CODES, (400, 429))
+    assert all(r == block("f0") for r in ok)
+    assert emulator.stats()["throttled"] >= len(errors)
+
+
+async def test_throttling_off_ignores_low_rates(emulator, ebs):
+    sid, token = await _one_block(ebs)
+    emulator.config(throttling=False, get_rate=5, account_get_rate=5, burst_seconds=1)
+    results = await _burst_get(emulator.url, sid, token, 40)
+    assert all(isinstance(r, bytes) for r in results), [
+        error_code(r) for r in results if isinstance(r, ClientError)]
+
+
+async def test_list_rate_throttles_list_calls(emulator, ebs):
+    sid, _ = await _one_block(ebs)
+    emulator.config(throttling=True, list_rate=5, burst_seconds=1)
+
+    async def one() -> object:
+        try:
+            return await ebs.list_snapshot_blocks(SnapshotId=sid)
+        except ClientError as err:
+            return err
+    results = await asyncio.gather(*(one() for _ in range(30)))
+    errors = [r for r in results if isinstance(r, ClientError)]
+    assert errors
+    for err in errors:
+        assert_error(err, THROTTLE_CODES, (400, 429))
+
+
+async def test_put_rate_throttles_puts(emulator, ebs):
+    sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
+    emulator.config(throttling=True, put_rate=10, burst_seconds=1)
+    data = block("pr")
+
+    async def one(i: int) -> object:
+        try:
+            return await put(ebs, sid, i, data)
+        except ClientError as err:
+            return err
+    results = await asyncio.gather(*(one(i) for i in range(40)))
+    errors = [r for r in results if isinstance(r, ClientError)]
+    assert errors
+    for err in errors:
+        assert_error(err, THROTTLE_CODES, (400, 429))
+
+
+async def test_error_rate_gives_500_only_on_chosen_operation(emulator, ebs):
+    sid, token = await _one_block(ebs)
+    emulator.faults(error_rate=1.0, operations=["GetSnapshotBlock"])
+    for _ in range(3):
+        await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0,
+                                                  BlockToken=token),
+                           "InternalServerException", 500)
+    page = await ebs.list_snapshot_blocks(SnapshotId=sid)
+    assert [b["BlockIndex"] for b in page["Blocks"]] == [0]
+    faults = emulator.stats()["faults"]
+    assert sum(faults.values()) >= 3
+
+
+async def test_error_rate_in_one_region_only(emulator, ebs):
+    sid, _ = await _one_block(ebs)
+    emulator.faults(error_rate=1.0, region="eu-west-1")
+    async with aws_client("ebs", emulator.url, region="eu-west-1") as eu:
+        await expect_error(eu.start_snapshot(VolumeSize=1), "InternalServerException", 500)
+    await ebs.list_snapshot_blocks(SnapshotId=sid)
+
+
+async def test_reset_rate_makes_client_see_connection_error(emulator, ebs):
+    sid, token = await _one_block(ebs)
+    emulator.faults(reset_rate=1.0, operations=["GetSnapshotBlock"])
+    with pytest.raises((BotoCoreError, aiohttp.ClientError, ConnectionError, OSError,
+                        asyncio.IncompleteReadError)) as info:
+        await read_block(ebs, sid, 0, token)
+    assert not isinstance(info.value, ClientError)
+    emulator.clear_faults()
+    data, _ = await read_block(ebs, sid, 0, token)
+    assert data == block("f0")
+
+
+async def test_corrupt_rate_returns_body_not_matching_true_checksum(emulator, ebs):
+    sid, token = await _one_block(ebs)
+    emulator.faults(corrupt_rate=1.0, operations=["GetSnapshotBlock"])
+    data, meta = await read_block(ebs, sid, 0, token)
+    assert meta["Checksum"] == checksum(block("f0"))  # the header is the TRUE checksum
+    assert checksum(data) != meta["Checksum"]
+    assert data != block("f0")
+    emulator.clear_faults()
+    data, meta = await read_block(ebs, sid, 0, token)
+    assert data == block("f0")
+    assert checksum(data) == meta["Checksum"]
+
+
+async def test_latency_is_added(emulator, ebs):
+    sid, _ = await _one_block(ebs)
+    emulator.faults(latency_ms=250, operations=["ListSnapshotBlocks"])
+    t0 = time.monotonic()
+    await ebs.list_snapshot_blocks(SnapshotId=sid)
+    assert time.monotonic() - t0 >= 0.24
+    emulator.clear_faults()
+    t0 = time.monotonic()
+    await ebs.list_snapshot_blocks(SnapshotId=sid)
+    # Not a tight bound: only that the 250 ms is gone once faults are cleared.
+    assert time.monotonic() - t0 < 0.24
+
+
+async def test_cleared_faults_restore_normal_behaviour(emulator, ebs):
+    sid, token = await _one_block(ebs)
+    emulator.faults(error_rate=1.0)
+    await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid), "InternalServerException", 500)
+    emulator.clear_faults()
+    data, _ = await read_block(ebs, sid, 0, token)
+    assert data == block("f0")
+
+
+async def _outcomes(ebs, sid: str, n: int) -> list[bool]:
+    out = []
+    for _ in range(n):
+        try:
+            await ebs.list_snapshot_blocks(SnapshotId=sid)
+            out.append(True)
+        except ClientError as err:
+            assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+            out.append(False)
+    return out
+
+
+async def test_seeded_faults_are_reproducible(emulator, ebs):
+    sid, _ = await _one_block(ebs)
+    emulator.faults(error_rate=0.5, operations=["ListSnapshotBlocks"], seed=1234)
+    first = await _outcomes(ebs, sid, 24)
+    emulator.clear_faults()
+    emulator.faults(error_rate=0.5, operations=["ListSnapshotBlocks"], seed=1234)
+    second = await _outcomes(ebs, sid, 24)
+    assert first == second
+    assert True in first and False in first
+    emulator.clear_faults()
+    emulator.faults(error_rate=0.5, operations=["ListSnapshotBlocks"], seed=999)
+    third = await _outcomes(ebs, sid, 24)
+    assert third != first  # 2**-24 chance of a false alarm
+
+
+async def test_stats_count_requests_by_operation_and_snapshot(emulator, ebs):
+    sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
+    emulator.reset_stats()
+    for i in range(3):
+        await put(ebs, sid, i, block(i))
+    await ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=3)
+    await ebs.list_snapshot_blocks(SnapshotId=sid)
+    stats = emulator.stats()
+    assert stats["requests"]["PutSnapshotBlock"] == 3
+    assert stats["requests"]["CompleteSnapshot"] == 1
+    assert stats["requests"]["ListSnapshotBlocks"] == 1
+    assert stats["requests"].get("StartSnapshot", 0) == 0
+    assert stats["by_snapshot"][sid]["PutSnapshotBlock"] == 3
+    emulator.reset_stats()
+    after = emulator.stats()
+    assert sum(after["requests"].values()) == 0
+
+
+async def test_stats_count_regions(emulator, ebs):
+    emulator.reset_stats()
+    await ebs.start_snapshot(VolumeSize=1)
+    async with aws_client("ebs", emulator.url, region="us-west-2") as west:
+        await west.start_snapshot(VolumeSize=1)
+        await west.start_snapshot(VolumeSize=1)
+    by_region = emulator.stats()["by_region"]
+    text = repr(by_region)
+    assert "us-west-2" in text and "us-east-1" in text

@@ -1,0 +1,210 @@
+"""ListSnapshotBlocks pagination, page tokens and block tokens, GetSnapshotBlock checks."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ._blocks import (
+    BLOCKS_PER_GIB,
+    block,
+    expect_error,
+    list_all,
+    make_snapshot,
+    read_block,
+    tokens,
+)
+
+UNKNOWN = "snap-0123456789abcdef0"
+
+
+async def _snapshot_of(ebs, indexes) -> tuple[str, dict[int, bytes]]:
+    written = {i: block(("L", i)) for i in indexes}
+    return await make_snapshot(ebs, written), written
+
+
+async def test_max_results_honoured_and_pages_unique_ascending(ebs):
+    indexes = list(range(0, 2 * 250, 2))  # 250 blocks
+    sid, _ = await _snapshot_of(ebs, indexes)
+    listed, pages = await list_all(ebs, sid, MaxResults=100)
+    assert all(len(p["Blocks"]) <= 100 for p in pages)
+    assert len(pages) >= 3
+    got = [b["BlockIndex"] for b in listed]
+    assert got == indexes  # unique, ascending, complete
+    assert pages[-1].get("NextToken") is None
+    assert all(p.get("NextToken") for p in pages[:-1])
+
+
+async def test_starting_block_index_starts_at_or_after_it(ebs):
+    sid, _ = await _snapshot_of(ebs, [1, 5, 9, 700])
+    page = await ebs.list_snapshot_blocks(SnapshotId=sid, StartingBlockIndex=5)
+    assert [b["BlockIndex"] for b in page["Blocks"]][:3] == [5, 9, 700]
+    listed, _ = await list_all(ebs, sid, StartingBlockIndex=6)
+    assert [b["BlockIndex"] for b in listed] == [9, 700]
+    listed, _ = await list_all(ebs, sid, StartingBlockIndex=701)
+    assert listed == []
+
+
+async def test_next_token_overrides_starting_block_index(ebs):
+    indexes = list(range(150))
+    sid, _ = await _snapshot_of(ebs, indexes)
+    first = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100)
+    token = first["NextToken"]
+    assert token
+    last_seen = first["Blocks"][-1]["BlockIndex"]
+    # A StartingBlockIndex of 0 alongside the token must be ignored.
+    second = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100, NextToken=token,
+                                            StartingBlockIndex=0)
+    got = [b["BlockIndex"] for b in second["Blocks"]]
+    assert got, "the second page should continue after the first"
+    assert got[0] > last_seen
+    seen = [b["BlockIndex"] for b in first["Blocks"]] + got
+    tok = second.get("NextToken")
+    while tok:
+        page = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100, NextToken=tok,
+                                              StartingBlockIndex=140)
+        seen += [b["BlockIndex"] for b in page["Blocks"]]
+        tok = page.get("NextToken")
+    assert seen == indexes
+
+
+async def test_sparse_volume_walk_has_empty_pages_with_next_token(emulator, ebs):
+    emulator.config(page_scan_blocks=64)
+    # Two blocks far apart on a 1 GiB volume: the scan between them needs several pages.
+    sid, _ = await _snapshot_of(ebs, [3, 2000])
+    listed, pages = await list_all(ebs, sid, MaxResults=100)
+    assert [b["BlockIndex"] for b in listed] == [3, 2000]
+    empty_with_token = [p for p in pages if not p.get("Blocks") and p.get("NextToken")]
+    assert empty_with_token, "a sparse scan must yield empty pages that still carry NextToken"
+    assert len(pages) >= BLOCKS_PER_GIB // 64 // 2
+
+
+async def test_sparse_synthetic_full_walk_returns_allocated_set_once(emulator, ebs):
+    emulator.config(page_scan_blocks=100)
+    sid = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=11)
+    listed, pages = await list_all(ebs, sid, MaxResults=100)
+    got = [b["BlockIndex"] for b in listed]
+    assert got == sorted(set(got))
+    assert got and got[-1] < BLOCKS_PER_GIB
+    assert all(len(p.get("Blocks", [])) <= 100 for p in pages)
+    # Walking again gives the same allocated set.
+    again, _ = await list_all(ebs, sid, MaxResults=1000)
+    assert [b["BlockIndex"] for b in again] == got
+
+
+async def test_max_results_below_100_is_rejected(raw_ebs):
+    sid, _ = await _snapshot_of(raw_ebs, [0])
+    await expect_error(raw_ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=99),
+                       "ValidationException", 400)
+
+
+async def test_max_results_above_10000_is_rejected(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=10001),
+                       "ValidationException", 400)
+
+
+async def test_max_results_bounds_100_and_10000_accepted(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    for n in (100, 10000):
+        page = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=n)
+        assert [b["BlockIndex"] for b in page["Blocks"]] == [0]
+
+
+async def test_garbage_page_token_is_invalid_page_token(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid, NextToken="Z2FyYmFnZQ=="),
+                       "ValidationException", 400, "INVALID_PAGE_TOKEN")
+
+
+async def test_expired_page_token_is_invalid_page_token(emulator, ebs):
+    emulator.config(page_token_ttl=1)
+    sid, _ = await _snapshot_of(ebs, range(150))
+    first = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100)
+    await asyncio.sleep(1.3)
+    await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid, NextToken=first["NextToken"]),
+                       "ValidationException", 400, "INVALID_PAGE_TOKEN")
+
+
+async def test_list_unknown_snapshot_is_404_never_500(ebs):
+    await expect_error(ebs.list_snapshot_blocks(SnapshotId=UNKNOWN),
+                       "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND")
+
+
+async def test_get_unknown_snapshot_is_404_never_500(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    token = (await tokens(ebs, sid))[0]
+    await expect_error(ebs.get_snapshot_block(SnapshotId=UNKNOWN, BlockIndex=0, BlockToken=token),
+                       "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND")
+
+
+async def test_changed_blocks_unknown_snapshot_is_404(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    await expect_error(ebs.list_changed_blocks(SecondSnapshotId=UNKNOWN),
+                       "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND")
+    await expect_error(ebs.list_changed_blocks(FirstSnapshotId=UNKNOWN, SecondSnapshotId=sid),
+                       "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND")
+
+
+async def test_malformed_snapshot_id_is_never_500(ebs):
+    from botocore.exceptions import ClientError
+    try:
+        await ebs.list_snapshot_blocks(SnapshotId="not-a-snapshot")
+    except ClientError as err:
+        status = err.response["ResponseMetadata"]["HTTPStatusCode"]
+        assert status in (400, 404), err.response
+    else:
+        raise AssertionError("a malformed snapshot id was accepted")
+
+
+async def test_garbage_block_token_is_invalid_block_token(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0,
+                                              BlockToken="AAAAbm90LWEtdG9rZW4="),
+                       "ValidationException", 400, "INVALID_BLOCK_TOKEN")
+
+
+async def test_block_token_of_another_block_is_rejected(ebs):
+    sid, _ = await _snapshot_of(ebs, [0, 1])
+    toks = await tokens(ebs, sid)
+    await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=1, BlockToken=toks[0]),
+                       "ValidationException", 400, "INVALID_BLOCK_TOKEN")
+
+
+async def test_block_token_of_another_snapshot_is_rejected(ebs):
+    a, _ = await _snapshot_of(ebs, [0])
+    b, _ = await _snapshot_of(ebs, [0])
+    tok_a = (await tokens(ebs, a))[0]
+    await expect_error(ebs.get_snapshot_block(SnapshotId=b, BlockIndex=0, BlockToken=tok_a),
+                       "ValidationException", 400, "INVALID_BLOCK_TOKEN")
+
+
+async def test_expired_block_token_is_rejected_and_relisting_works(emulator, ebs):
+    emulator.config(block_token_ttl=1)
+    sid, written = await _snapshot_of(ebs, [0])
+    page = await ebs.list_snapshot_blocks(SnapshotId=sid)
+    expiry = page["ExpiryTime"]
+    import datetime as dt
+    assert expiry <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    token = page["Blocks"][0]["BlockToken"]
+    await asyncio.sleep(1.3)
+    await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockToken=token),
+                       "ValidationException", 400, "INVALID_BLOCK_TOKEN")
+    fresh = (await tokens(ebs, sid))[0]
+    data, _ = await read_block(ebs, sid, 0, fresh)
+    assert data == written[0]
+
+
+async def test_default_block_token_expiry_is_about_seven_days(ebs):
+    import datetime as dt
+    sid, _ = await _snapshot_of(ebs, [0])
+    page = await ebs.list_snapshot_blocks(SnapshotId=sid)
+    left = page["ExpiryTime"] - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(days=6) < left <= dt.timedelta(days=7, minutes=5)
+
+
+async def test_get_unlisted_block_index_is_rejected(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    tok = (await tokens(ebs, sid))[0]
+    from ._blocks import VALIDATION_REASONS
+    await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=5, BlockToken=tok),
+                       "ValidationException", 400, VALIDATION_REASONS)
