@@ -1,0 +1,269 @@
+"""Files and block devices as sources and sinks.
+
+Block writes use positioned I/O (pread/pwrite) on one descriptor, run on the job's thread pool,
+so many coroutines never share a seek position and the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fspd.blocks import (
+    BLOCK_SIZE,
+    Block,
+    BlockRef,
+    Kind,
+    blocks_for_bytes,
+    digest,
+    gib_for_bytes,
+    is_zero,
+    pad_block,
+)
+from fspd.endpoints.context import JobContext
+from fspd.endpoints.paths import check_read, check_write
+from fspd.errors import BadInput, TransferFailed
+from fspd.pipeline import Gap, VolumeInfo
+
+GIB = 1 << 30
+_BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_ZERO_CHUNK = 8 * BLOCK_SIZE
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range of a regular file (it then reads zeros). False if unsupported."""
+    rc = _libc.fallocate(ctypes.c_int(fd), ctypes.c_int(_FALLOC_FL_PUNCH_HOLE |
+                         _FALLOC_FL_KEEP_SIZE), ctypes.c_long(offset), ctypes.c_long(length))
+    return rc == 0
+
+
+def zero_range(fd: int, offset: int, length: int, *, device: bool) -> None:
+    """Make ``[offset, offset+length)`` read zeros: BLKZEROOUT on devices, a punched hole in
+    files, and plain zero writes where neither is supported."""
+    if length <= 0:
+        return
+    if device:
+        try:
+            fcntl.ioctl(fd, _BLKZEROOUT, struct.pack("QQ", offset, length))
+            return
+        except OSError:
+            pass
+    elif punch_hole(fd, offset, length):
+        return
+    end = offset + length
+    while offset < end:
+        n = min(_ZERO_CHUNK, end - offset)
+        os.pwrite(fd, memoryview(bytes(n)), offset)
+        offset += n
+
+
+def _device_size(fd: int) -> int:
+    return os.lseek(fd, 0, os.SEEK_END)
+
+
+def _data_ranges(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """Allocated byte ranges of a sparse file (SEEK_DATA/SEEK_HOLE), or None if unknown."""
+    ranges = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            ranges.append((start, end))
+            offset = end
+            if len(ranges) > 100_000:  # heavily fragmented: just read everything
+                return None
+    except OSError:
+        return None
+    return ranges
+
+
+class FileSource:
+    """Every block of a file or block device. Holes are known zeros and are not read; the
+    final partial block is zero-padded, and the exact byte length is kept."""
+
+    def __init__(self, ctx: JobContext, path: str, field: str = "source.path") -> None:
+        self.ctx = ctx
+        self.raw_path = path
+        self.field = field
+        self.path = check_read(path, ctx.settings.paths, field)
+        self._fd = -1
+        self.size = 0
+        self.reads = 0
+
+    async def open(self) -> VolumeInfo:
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BadInput(f"cannot open {self.raw_path}: {exc.strerror}",
+                           field=self.field) from None
+        self.size = _device_size(self._fd)
+        if self.size == 0:
+            raise BadInput(f"{self.raw_path} is empty", field=self.field)
+        return VolumeInfo(volume_size=gib_for_bytes(self.size) * GIB, byte_length=self.size,
+                          origin=str(self.path))
+
+    async def entries(self) -> AsyncIterator[BlockRef | Gap]:
+        count = blocks_for_bytes(self.size)
+        ranges = await self.ctx.offload(_data_ranges, self._fd, self.size)
+        if ranges is None:
+            for index in range(count):
+                yield BlockRef(index)
+            return
+        next_index = 0
+        for start, end in ranges:
+            first, last = start // BLOCK_SIZE, blocks_for_bytes(min(end, self.size))
+            for index in range(max(next_index, first), last):
+                if index > next_index:
+                    for hole in range(next_index, index):
+                        yield BlockRef(hole, Kind.ZERO)
+                yield BlockRef(index)
+                next_index = index + 1
+        for hole in range(next_index, count):
+            yield BlockRef(hole, Kind.ZERO)
+
+    def _read(self, index: int) -> Block:
+        data = os.pread(self._fd, BLOCK_SIZE, index * BLOCK_SIZE)
+        expected = min(BLOCK_SIZE, self.size - index * BLOCK_SIZE)
+        if len(data) != expected:
+            raise TransferFailed(f"short read at block {index} of {self.raw_path}: "
+                                 f"{len(data)} of {expected} bytes (did the file change?)")
+        data = pad_block(data)
+        if is_zero(data):
+            return Block.zeros(index)
+        return Block(index, data, digest(data), False)
+
+    async def fetch(self, ref: BlockRef) -> Block:
+        self.reads += 1
+        try:
+            return await self.ctx.offload(self._read, ref.index)
+        except OSError as exc:
+            raise TransferFailed(f"reading {self.raw_path} at block {ref.index}: "
+                                 f"{exc.strerror}") from None
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class FileSink:
+    """Writes an image to a regular file or block device.
+
+    ``mode = "image"``: the target becomes exactly the volume. A regular file is rebuilt sparse
+    at the volume size (zero blocks and gaps become holes); a device gets zeros written (or
+    BLKZEROOUT) wherever the volume has no data, so no stale byte survives.
+    ``mode = "in-place"``: only the blocks given change (deltadownload onto an image of A).
+    """
+
+    def __init__(self, ctx: JobContext, path: str, *, name: str, mode: str = "image") -> None:
+        self.ctx = ctx
+        self.name = name
+        self.raw_path = path
+        self.mode = mode
+        self.concurrency = max(2, ctx.settings.transfer.worker_threads * 2)
+        self.path, self.device = check_write(path, ctx.settings.paths, f"{name}.path",
+                                             must_exist=(mode == "in-place"))
+        self._fd = -1
+        self._fresh = False
+        self.blocks_written = 0
+        self.volume_size = 0
+
+    async def open(self, info: VolumeInfo) -> None:
+        self.volume_size = info.volume_size
+        flags = os.O_RDWR | os.O_CLOEXEC | (0 if self.device else os.O_CREAT)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise BadInput(f"cannot open {self.raw_path} for writing: {exc.strerror}",
+                           field=f"{self.name}.path") from None
+        if self.device:
+            size = _device_size(self._fd)
+            if size < info.volume_size:
+                raise BadInput(f"{self.raw_path} holds {size} bytes, the volume needs "
+                               f"{info.volume_size}", field=f"{self.name}.path")
+        elif self.mode == "image":
+            await self.ctx.offload(self._recreate_sparse)
+            self._fresh = True
+        elif os.fstat(self._fd).st_size < info.volume_size:
+            os.ftruncate(self._fd, info.volume_size)
+
+    def _recreate_sparse(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.ftruncate(self._fd, self.volume_size)
+
+    def _pwrite(self, block: Block) -> None:
+        offset = block.index * BLOCK_SIZE
+        if block.zero:
+            zero_range(self._fd, offset, BLOCK_SIZE, device=self.device)
+            return
+        view = memoryview(block.data)
+        written = 0
+        while written < BLOCK_SIZE:
+            written += os.pwrite(self._fd, view[written:], offset + written)
+
+    async def write(self, block: Block) -> bool:
+        if block.zero and self._fresh:
+            return False  # already a hole in the freshly truncated file
+        try:
+            await self.ctx.offload(self._pwrite, block)
+        except OSError as exc:
+            raise TransferFailed(f"writing {self.raw_path} at block {block.index}: "
+                                 f"{exc.strerror}") from None
+        self.blocks_written += 1
+        return not block.zero
+
+    async def gap(self, gap: Gap) -> None:
+        if self._fresh:
+            return
+        offset = gap.start * BLOCK_SIZE
+        length = min(gap.stop * BLOCK_SIZE, self.volume_size) - offset
+        try:
+            await self.ctx.offload(lambda: zero_range(self._fd, offset, length,
+                                                      device=self.device))
+        except OSError as exc:
+            raise TransferFailed(f"zeroing {self.raw_path}: {exc.strerror}") from None
+
+    def _sync(self) -> None:
+        os.fsync(self._fd)
+        if not self.device:
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    async def commit(self) -> dict[str, Any]:
+        try:
+            await self.ctx.offload(self._sync)
+        except OSError as exc:
+            raise TransferFailed(f"flushing {self.raw_path}: {exc.strerror}") from None
+        finally:
+            self._close()
+        return {"destination": self.name, "type": "file", "path": str(self.path),
+                "device": self.device, "bytes": self.volume_size,
+                "blocks_written": self.blocks_written, "state": "completed"}
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    async def abort(self, error: BaseException) -> dict[str, Any]:
+        self._close()
+        return {"destination": self.name, "type": "file", "path": str(self.path),
+                "state": "failed", "error": str(error)}
+
+
