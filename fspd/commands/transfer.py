@@ -1,0 +1,138 @@
+"""``fspd run`` and FSP's verbs: list, diff, download, deltadownload, upload."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fspd import config, display, jobs, loop
+from fspd.errors import BadInput
+from fspd.progress import Progress
+from fspd.run import run_job
+
+
+def _global_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common options")
+    g.add_argument("--config", help="settings file (default: $FSPD_CONFIG or /etc/fspd/fspd.toml)")
+    g.add_argument("-r", "--region", help="AWS region (default: AWS_REGION / profile / us-east-1)")
+    g.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
+    g.add_argument("--endpoint-url", help="EBS/EC2 endpoint (e.g. the bundled emulator)")
+    g.add_argument("-n", "--dry-run", action="store_true",
+                   help="list and plan without moving data; shows requests, cost and time")
+    g.add_argument("--json", action="store_true", help="print the result as JSON")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+def register(subparsers: Any) -> None:
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help_text, description=help_text)
+        return p
+
+    p = add("run", "run one job file (TOML or JSON) in the foreground")
+    p.add_argument("jobfile")
+    _global_options(p)
+    p.set_defaults(handler=_cmd_run)
+
+    p = add("list", "count a snapshot's allocated blocks and bytes")
+    p.add_argument("snapshot_id")
+    _global_options(p)
+    p.set_defaults(handler=_verb("list", ["snapshot_id"]))
+
+    p = add("diff", "count the blocks changed between two snapshots of one lineage")
+    p.add_argument("first_snapshot_id")
+    p.add_argument("second_snapshot_id")
+    _global_options(p)
+    p.set_defaults(handler=_verb("diff", ["first_snapshot_id", "second_snapshot_id"]))
+
+    p = add("download", "write a snapshot to a file or block device, byte for byte")
+    p.add_argument("snapshot_id")
+    p.add_argument("path")
+    _global_options(p)
+    p.set_defaults(handler=_verb("download", ["snapshot_id", "path"]))
+
+    p = add("deltadownload", "turn a file/device holding snapshot A into snapshot B")
+    p.add_argument("first_snapshot_id")
+    p.add_argument("second_snapshot_id")
+    p.add_argument("path")
+    _global_options(p)
+    p.set_defaults(handler=_verb("deltadownload",
+                                 ["first_snapshot_id", "second_snapshot_id", "path"]))
+
+    p = add("upload", "make a new snapshot from a file or block device")
+    p.add_argument("path")
+    p.add_argument("--parent", dest="parent_snapshot_id", help="parent snapshot id")
+    p.add_argument("--description")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--encrypted", action="store_true", default=None)
+    p.add_argument("--kms-key-arn")
+    p.add_argument("--timeout-minutes", type=int)
+    p.add_argument("--client-token")
+    _global_options(p)
+    p.set_defaults(handler=_verb("upload", ["path", "parent_snapshot_id", "description",
+                                            "encrypted", "kms_key_arn", "timeout_minutes",
+                                            "client_token"]))
+
+
+def _verb(verb: str, keys: list[str]) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        data: dict[str, Any] = {"verb": verb}
+        for key in keys:
+            value = getattr(args, key, None)
+            if value is not None:
+                data[key] = str(Path(value).absolute()) if key == "path" else value
+        tags = getattr(args, "tag", [])
+        if tags:
+            pairs = {}
+            for item in tags:
+                if "=" not in item:
+                    raise BadInput(f"{item!r} is not KEY=VALUE", field="--tag")
+                k, v = item.split("=", 1)
+                pairs[k] = v
+            data["tags"] = pairs
+        for key in ("region", "profile", "endpoint_url"):
+            if getattr(args, key, None):
+                data[key] = getattr(args, key)
+        if args.dry_run:
+            data["dry_run"] = True
+        return _execute(jobs.validate(data), args)
+
+    return handler
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    path = Path(args.jobfile)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}", field="jobfile") from None
+    spec = jobs.parse(raw, path.name)
+    if args.dry_run and not spec.dry_run:
+        spec = spec.model_copy(update={"dry_run": True})
+    return _execute(spec, args)
+
+
+def _execute(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    progress = Progress()
+    show = sys.stderr.isatty() and not args.quiet and not args.json
+
+    async def main() -> dict[str, Any]:
+        bar = (asyncio.create_task(display.show_progress(progress, label=spec.verb))
+               if show else None)
+        try:
+            return await run_job(spec, settings, progress=progress)
+        finally:
+            if bar:
+                bar.cancel()
+                await asyncio.gather(bar, return_exceptions=True)
+
+    result = loop.run(main())
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    elif not args.quiet:
+        print(display.summary(result))
+    return 0

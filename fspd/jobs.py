@@ -1,0 +1,225 @@
+"""Job specs: one source and zero or more destinations, from TOML or JSON.
+
+A job file either spells the shape out (``[source]`` and ``[[destinations]]``) or uses one of
+FSP's verbs as a shorthand (``verb = "download"``, ``snapshot_id = …``, ``path = …``); both
+become the same :class:`JobSpec`. Validation errors name the field and never show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fspd.errors import BadInput
+
+MAX_JOB_FILE_BYTES = 1 << 20
+SNAPSHOT_ID_RE = r"^snap-[0-9a-f]{8}(?:[0-9a-f]{9})?$"
+REGION_RE = r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$"
+VERBS = ("list", "diff", "download", "deltadownload", "upload")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+SnapshotId = Annotated[str, Field(pattern=SNAPSHOT_ID_RE)]
+
+
+class AwsEndpointSpec(_Strict):
+    region: Annotated[str, Field(pattern=REGION_RE)] | None = None
+    profile: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
+    role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] | None = None
+    external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = None
+
+
+class EbsSourceSpec(AwsEndpointSpec):
+    type: Literal["ebs"]
+    snapshot_id: SnapshotId
+    # With a base, the source is the blocks changed from base_snapshot_id to snapshot_id.
+    base_snapshot_id: SnapshotId | None = None
+
+
+class FileSourceSpec(_Strict):
+    type: Literal["file"]
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class FileDestinationSpec(_Strict):
+    type: Literal["file"]
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    mode: Literal["image", "in-place"] = "image"
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class EbsDestinationSpec(AwsEndpointSpec):
+    type: Literal["ebs"]
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    parent_snapshot_id: SnapshotId | None = None
+    volume_size_gib: Annotated[int, Field(ge=1, le=65536)] | None = None
+    description: Annotated[str, Field(max_length=255)] | None = None
+    tags: dict[Annotated[str, Field(min_length=1, max_length=127)],
+               Annotated[str, Field(max_length=255)]] = Field(default_factory=dict)
+    copy_tags: bool = True
+    encrypted: bool | None = None
+    kms_key_arn: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    timeout_minutes: Annotated[int, Field(ge=10, le=4320)] | None = None
+    client_token: Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,64}$")] | None = None
+    skip_zero_blocks: bool = True
+
+    @field_validator("tags")
+    @classmethod
+    def _few_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 50:
+            raise ValueError("at most 50 tags")
+        return value
+
+
+Source = Annotated[EbsSourceSpec | FileSourceSpec, Field(discriminator="type")]
+Destination = Annotated[EbsDestinationSpec | FileDestinationSpec, Field(discriminator="type")]
+
+
+class JobSpec(_Strict):
+    version: Literal[1] = 1
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] | None = None
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    dry_run: bool = False
+    source: Source
+    destinations: Annotated[list[Destination], Field(max_length=64)] = Field(
+        default_factory=list)
+    on_destination_failure: Literal["fail", "drop"] = "fail"
+
+    def destination_names(self) -> list[str]:
+        names = []
+        for i, d in enumerate(self.destinations):
+            names.append(d.name or f"destinations[{i}]")
+        return names
+
+    @property
+    def verb(self) -> str:
+        src = self.source
+        if not self.destinations:
+            return "diff" if isinstance(src, EbsSourceSpec) and src.base_snapshot_id else "list"
+        kinds = {d.type for d in self.destinations}
+        if isinstance(src, FileSourceSpec):
+            return "upload" if len(self.destinations) == 1 else "fanout"
+        if src.base_snapshot_id:
+            return "deltadownload" if kinds == {"file"} else "sync"
+        if kinds == {"file"}:
+            return "download" if len(self.destinations) == 1 else "multiclone"
+        return "copy"
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        elif p in ("ebs", "file") and parts:  # discriminator tag, not a field
+            continue
+        else:
+            parts.append(str(p))
+    return ".".join(parts) or "(job)"
+
+
+def describe_validation_error(err: ValidationError) -> BadInput:
+    first = err.errors()[0]
+    field = _loc(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        msg = "unknown field"
+    elif kind == "missing":
+        msg = "required field is missing"
+    elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        msg = "'type' must be one of: ebs, file"
+    elif kind == "string_pattern_mismatch" and field.endswith("snapshot_id"):
+        msg = f"{first.get('input')!r} is not a snapshot id (snap-, then 8 or 17 hex digits)"
+    elif kind == "string_pattern_mismatch" and field.endswith("region"):
+        msg = f"{first.get('input')!r} is not a region name (like us-east-1)"
+    else:
+        msg = first["msg"]
+    more = len(err.errors()) - 1
+    return BadInput(msg + (f" (and {more} more problem{'s' if more > 1 else ''})"
+                           if more else ""), field=field)
+
+
+def from_verb(data: dict[str, Any]) -> dict[str, Any]:
+    """Expand FSP-style shorthand (``verb = ...``) into a full job dict."""
+    data = dict(data)
+    verb = data.pop("verb")
+    if verb not in VERBS:
+        raise BadInput(f"unknown verb {verb!r}; one of: {', '.join(VERBS)}", field="verb")
+    aws = {k: data.pop(k) for k in ("region", "profile", "endpoint_url", "role_arn",
+                                     "external_id") if k in data}
+    out: dict[str, Any] = {k: data.pop(k) for k in ("version", "name", "priority", "dry_run")
+                           if k in data}
+
+    def need(key: str) -> Any:
+        if key not in data:
+            raise BadInput(f"required for verb {verb!r}", field=key)
+        return data.pop(key)
+
+    if verb == "list":
+        out["source"] = {"type": "ebs", "snapshot_id": need("snapshot_id"), **aws}
+    elif verb == "diff":
+        out["source"] = {"type": "ebs", "base_snapshot_id": need("first_snapshot_id"),
+                         "snapshot_id": need("second_snapshot_id"), **aws}
+    elif verb == "download":
+        out["source"] = {"type": "ebs", "snapshot_id": need("snapshot_id"), **aws}
+        out["destinations"] = [{"type": "file", "path": need("path")}]
+    elif verb == "deltadownload":
+        out["source"] = {"type": "ebs", "base_snapshot_id": need("first_snapshot_id"),
+                         "snapshot_id": need("second_snapshot_id"), **aws}
+        out["destinations"] = [{"type": "file", "path": need("path"), "mode": "in-place"}]
+    elif verb == "upload":
+        dest: dict[str, Any] = {"type": "ebs", **aws}
+        for key in ("parent_snapshot_id", "description", "tags", "encrypted", "kms_key_arn",
+                    "timeout_minutes", "client_token", "volume_size_gib"):
+            if key in data:
+                dest[key] = data.pop(key)
+        out["source"] = {"type": "file", "path": need("path")}
+        out["destinations"] = [dest]
+    if data:
+        raise BadInput(f"unknown field for verb {verb!r}", field=sorted(data)[0])
+    return out
+
+
+def validate(data: Any) -> JobSpec:
+    if not isinstance(data, dict):
+        raise BadInput("a job must be a table/object", field="(job)")
+    if "verb" in data:
+        data = from_verb(data)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise describe_validation_error(exc) from None
+
+
+def parse(data: bytes, filename: str = "job") -> JobSpec:
+    """Parse a job file's bytes (TOML or JSON, picked by extension, else by content)."""
+    if len(data) > MAX_JOB_FILE_BYTES:
+        raise BadInput(f"job file is {len(data)} bytes; the limit is {MAX_JOB_FILE_BYTES}",
+                       field="(file)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"job file is not UTF-8 (byte {exc.start})", field="(file)") from None
+    as_json = filename.endswith(".json") or (not filename.endswith(".toml")
+                                             and text.lstrip().startswith("{"))
+    try:
+        parsed = json.loads(text) if as_json else tomllib.loads(text)
+    except (ValueError, RecursionError) as exc:
+        kind = "JSON" if as_json else "TOML"
+        raise BadInput(f"not valid {kind}: {exc}", field="(file)") from None
+    return validate(parsed)
+
+
+_NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(text: str) -> str:
+    return _NAME_SAFE.sub("_", text)[:128] or "job"

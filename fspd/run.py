@@ -1,0 +1,200 @@
+"""The operations layer: turn a job spec into a source, sinks and a pipeline, and run it.
+
+``run_job`` is what ``fspd run``, the verb commands and the daemon all call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiobotocore.session import AioSession
+
+from fspd.aws import AwsClients, AwsTarget
+from fspd.blocks import BLOCK_SIZE, Kind
+from fspd.config import Settings
+from fspd.endpoints.context import JobContext
+from fspd.endpoints.ebs import EbsDeltaSource, EbsSnapshotSink, EbsSnapshotSource
+from fspd.endpoints.files import FileSink, FileSource
+from fspd.errors import TransferFailed
+from fspd.jobs import AwsEndpointSpec, EbsDestinationSpec, EbsSourceSpec, JobSpec
+from fspd.log import get_logger
+from fspd.pipeline import Gap, Pipeline, Sink, Source, VolumeInfo
+from fspd.progress import Progress
+
+log = get_logger("fspd.run")
+
+# AWS list prices (us-east-1, USD per 1,000 requests) for the dry-run estimate.
+PRICE_LIST = 0.0006
+PRICE_GET = 0.003
+PRICE_PUT = 0.006
+PER_SNAPSHOT_CAP_RPS = 1000
+
+
+def default_region(profile: str | None = None) -> str:
+    region = AioSession(profile=profile).get_config_variable("region")
+    return str(region or "us-east-1")
+
+
+def target_for(spec: AwsEndpointSpec) -> AwsTarget:
+    return AwsTarget(region=spec.region or default_region(spec.profile), profile=spec.profile,
+                     endpoint_url=spec.endpoint_url, role_arn=spec.role_arn,
+                     external_id=spec.external_id)
+
+
+def build_source(ctx: JobContext, spec: JobSpec) -> Source:
+    src = spec.source
+    if isinstance(src, EbsSourceSpec):
+        target = target_for(src)
+        if src.base_snapshot_id:
+            return EbsDeltaSource(ctx, target, src.base_snapshot_id, src.snapshot_id)
+        return EbsSnapshotSource(ctx, target, src.snapshot_id)
+    return FileSource(ctx, src.path)
+
+
+def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
+    sinks: list[Sink] = []
+    for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
+        if isinstance(dest, EbsDestinationSpec):
+            token = dest.client_token or f"fspd-{ctx.job_id}-{name}"[:64]
+            sinks.append(EbsSnapshotSink(
+                ctx, target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
+                volume_size_gib=dest.volume_size_gib, description=dest.description,
+                tags=dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
+                kms_key_arn=dest.kms_key_arn, timeout_minutes=dest.timeout_minutes,
+                client_token=_token_safe(token), skip_zero_blocks=dest.skip_zero_blocks))
+        else:
+            sinks.append(FileSink(ctx, dest.path, name=name, mode=dest.mode))
+    return sinks
+
+
+def _token_safe(text: str) -> str:
+    return "".join(ch if 0x21 <= ord(ch) <= 0x7E else "_" for ch in text)[:64]
+
+
+async def _count(source: Source, progress: Progress) -> dict[str, int]:
+    blocks = zero = gaps = 0
+    async for entry in source.entries():
+        if isinstance(entry, Gap):
+            gaps += entry.stop - entry.start
+            continue
+        blocks += 1
+        progress.blocks_listed = blocks
+        if entry.kind is Kind.ZERO:
+            zero += 1
+    progress.blocks_total = blocks
+    return {"blocks": blocks, "zero_blocks": zero, "unlisted_blocks": gaps}
+
+
+def _plan(spec: JobSpec, counts: dict[str, int], info: VolumeInfo) -> dict[str, Any]:
+    blocks = counts["blocks"]
+    data_blocks = blocks - counts["zero_blocks"]
+    reads = data_blocks if isinstance(spec.source, EbsSourceSpec) else 0
+    puts = sum(blocks for d in spec.destinations if isinstance(d, EbsDestinationSpec))
+    list_requests = max(1, -(-blocks // 10_000)) if isinstance(spec.source, EbsSourceSpec) else 0
+    cost = (list_requests * PRICE_LIST + reads * PRICE_GET + puts * PRICE_PUT) / 1000
+    streams = max(1, len(spec.destinations))
+    seconds = max(reads, puts / streams) / PER_SNAPSHOT_CAP_RPS
+    return {
+        "blocks_to_move": data_blocks, "bytes_to_move": data_blocks * BLOCK_SIZE,
+        "zero_blocks": counts["zero_blocks"], "get_requests": reads, "put_requests": puts,
+        "list_requests": list_requests, "estimated_cost_usd": round(cost, 6),
+        "estimated_seconds_at_cap": round(seconds, 1), "volume_size": info.volume_size,
+    }
+
+
+async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = None,
+                  progress: Progress | None = None, state_dir: Path | None = None
+                  ) -> dict[str, Any]:
+    """Run one job to completion and return its result record. Raises FspdError on failure
+    (after every destination has been aborted and reported)."""
+    job_id = job_id or spec.name or uuid.uuid4().hex[:12]
+    progress = progress or Progress(job_id=job_id)
+    progress.job_id = job_id
+    started = time.time()
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if state_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fspd-")
+        state_dir = Path(tmp.name)
+    executor = ThreadPoolExecutor(settings.transfer.worker_threads,
+                                  thread_name_prefix=f"fspd-{job_id}")
+    progress.start()
+    try:
+        async with AwsClients(settings) as clients:
+            ctx = JobContext(job_id, settings, clients, progress, executor, state_dir)
+            try:
+                result = await _with_deadline(_execute(ctx, spec), settings)
+            finally:
+                await ctx.close()
+        progress.finish("completed")
+    except asyncio.CancelledError:
+        progress.finish("cancelled")
+        raise
+    except BaseException as exc:
+        progress.finish("failed")
+        progress.error(str(exc))
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        if tmp is not None:
+            tmp.cleanup()
+    result.update({
+        "job_id": job_id, "verb": spec.verb, "state": "completed",
+        "started_at": started, "duration_s": round(time.time() - started, 3),
+        "blocks_done": progress.blocks_done, "blocks_skipped": progress.blocks_skipped,
+        "bytes_done": progress.bytes_done, "retries": dict(progress.retries),
+    })
+    return result
+
+
+async def _with_deadline(coro: Any, settings: Settings) -> dict[str, Any]:
+    deadline = settings.retry.job_deadline_s
+    if not deadline:
+        return await coro
+    try:
+        async with asyncio.timeout(deadline):
+            return await coro
+    except TimeoutError:
+        raise TransferFailed(f"job exceeded its deadline of {deadline:.0f} s") from None
+
+
+async def _execute(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
+    source = build_source(ctx, spec)
+    sinks = build_sinks(ctx, spec) if not spec.dry_run else []
+    try:
+        info = await source.open()
+        base = {"source": info.origin, "volume_size": info.volume_size,
+                "byte_length": info.byte_length, "encrypted": info.encrypted}
+        if spec.dry_run or not spec.destinations:
+            counts = await _count(source, ctx.progress)
+            base.update(counts)
+            base["bytes"] = counts["blocks"] * BLOCK_SIZE
+            if spec.dry_run:
+                base["plan"] = _plan(spec, counts, info)
+                base["dry_run"] = True
+            return base
+        pipeline = Pipeline(
+            source, sinks, ctx.progress,
+            fetch_concurrency=ctx.settings.transfer.fetch_concurrency,
+            queue_blocks=ctx.settings.transfer.queue_blocks,
+            sink_policies=[spec.on_destination_failure] * len(sinks))
+        base["destinations"] = await pipeline.run(info)
+        reads = getattr(source, "reads", None)
+        if reads is not None:
+            base["source_reads"] = reads
+        return base
+    finally:
+        await source.close()
+
+
+def state_dir_for(root: Path, job_id: str) -> Path:
+    path = root / job_id
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
