@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -19,7 +20,7 @@ from fspd.emulator.synthetic import BLOCK_SIZE
 from fspd.emulator.tokens import block_binding, page_binding
 
 JSON = "application/json"
-_KMS_PREFIX = "arn:aws"
+_KMS_RE = re.compile(r"arn:aws[a-z\-]*:kms:.*:[0-9]{12}:key/.*")
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -117,10 +118,7 @@ async def start_snapshot(state: State, ctx: Ctx, request: web.Request) -> web.Re
         if not encrypted:
             raise errors.validation("KmsKeyArn requires Encrypted to be true.",
                                     "INVALID_CUSTOMER_KEY")
-        parts = kms.split(":") if isinstance(kms, str) else []
-        if (len(parts) < 6 or not parts[0].startswith(_KMS_PREFIX) or parts[2] != "kms"
-                or not (len(parts[4]) == 12 and parts[4].isdigit())
-                or not parts[5].startswith("key/")):
+        if not isinstance(kms, str) or len(kms) > 2048 or not _KMS_RE.match(kms):
             raise errors.validation("KmsKeyArn is not a valid KMS key ARN.",
                                     "INVALID_CUSTOMER_KEY")
 

@@ -47,6 +47,8 @@ def _auth_error(protocol: str, kind: str, message: str) -> ApiError:
         if kind == "missing":
             return ApiError(403, "MissingAuthenticationToken",
                             message)
+        if kind == "signature":
+            return ApiError(403, "SignatureDoesNotMatch", message)
         return ApiError(401, "AuthFailure", message)
     if kind == "signature":
         return ApiError(403, "InvalidSignatureException", message)
