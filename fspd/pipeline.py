@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fspd.blocks import BLOCK_SIZE, Block, BlockRef, Kind
+from fspd.budget import JobControl
 from fspd.errors import FspdError, TransferFailed
 from fspd.log import get_logger
 from fspd.progress import Progress
@@ -101,12 +102,14 @@ class SinkState:
 class Pipeline:
     def __init__(self, source: Source, sinks: list[Sink], progress: Progress, *,
                  fetch_concurrency: int, queue_blocks: int,
-                 sink_policies: list[str] | None = None) -> None:
+                 sink_policies: list[str] | None = None,
+                 control: JobControl | None = None) -> None:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
         self.source = source
         self.progress = progress
         self.fetch_concurrency = fetch_concurrency
+        self.control = control or JobControl()
         self._fetch_q: asyncio.Queue[Any] = asyncio.Queue(queue_blocks)
         policies = sink_policies or ["fail"] * len(sinks)
         self.sinks = [SinkState(s, asyncio.Queue(queue_blocks), p)
@@ -175,6 +178,7 @@ class Pipeline:
     async def _fetch(self) -> None:
         stats = self._fetch_stats
         while (ref := await self._fetch_q.get()) is not _STOP:
+            await self.control.admit(BLOCK_SIZE)
             stats.in_flight += 1
             try:
                 block = await self.source.fetch(ref)

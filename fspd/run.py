@@ -17,6 +17,7 @@ from aiobotocore.session import AioSession
 
 from fspd.aws import AwsClients, AwsTarget
 from fspd.blocks import BLOCK_SIZE, Kind
+from fspd.budget import JobControl
 from fspd.config import Settings
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.ebs import EbsDeltaSource, EbsSnapshotSink, EbsSnapshotSource
@@ -109,10 +110,11 @@ def _plan(spec: JobSpec, counts: dict[str, int], info: VolumeInfo) -> dict[str, 
 
 
 async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = None,
-                  progress: Progress | None = None, state_dir: Path | None = None
-                  ) -> dict[str, Any]:
+                  progress: Progress | None = None, state_dir: Path | None = None,
+                  control: JobControl | None = None) -> dict[str, Any]:
     """Run one job to completion and return its result record. Raises FspdError on failure
-    (after every destination has been aborted and reported)."""
+    (after every destination has been aborted and reported). Cancelling the task running it
+    stops every stage; ``control`` pauses/resumes it and applies a shared bandwidth limit."""
     job_id = job_id or spec.name or uuid.uuid4().hex[:12]
     progress = progress or Progress(job_id=job_id)
     progress.job_id = job_id
@@ -128,7 +130,7 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
         async with AwsClients(settings) as clients:
             ctx = JobContext(job_id, settings, clients, progress, executor, state_dir)
             try:
-                result = await _with_deadline(_execute(ctx, spec), settings)
+                result = await _with_deadline(_execute(ctx, spec, control), settings)
             finally:
                 await ctx.close()
         progress.finish("completed")
@@ -163,7 +165,8 @@ async def _with_deadline(coro: Any, settings: Settings) -> dict[str, Any]:
         raise TransferFailed(f"job exceeded its deadline of {deadline:.0f} s") from None
 
 
-async def _execute(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
+async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
+                   ) -> dict[str, Any]:
     source = build_source(ctx, spec)
     sinks = build_sinks(ctx, spec) if not spec.dry_run else []
     try:
@@ -182,7 +185,7 @@ async def _execute(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
             source, sinks, ctx.progress,
             fetch_concurrency=ctx.settings.transfer.fetch_concurrency,
             queue_blocks=ctx.settings.transfer.queue_blocks,
-            sink_policies=[spec.on_destination_failure] * len(sinks))
+            sink_policies=[spec.on_destination_failure] * len(sinks), control=control)
         base["destinations"] = await pipeline.run(info)
         reads = getattr(source, "reads", None)
         if reads is not None:
