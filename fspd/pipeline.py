@@ -76,6 +76,10 @@ class Sink(Protocol):
 
     async def abort(self, error: BaseException) -> dict[str, Any]: ...
 
+    # Optional: ``def listed(self, entry: BlockRef | Gap) -> None`` is called in listing order
+    # for every entry before its block is fetched, and ``def listing_done(self) -> None`` once
+    # the listing ends. Sinks that group blocks (S3 segments) use them to know what to expect.
+
 
 _STOP = object()
 
@@ -161,7 +165,10 @@ class Pipeline:
 
     async def _list(self) -> None:
         listed = 0
+        watchers = [st.sink.listed for st in self.sinks if hasattr(st.sink, "listed")]
         async for entry in self.source.entries():
+            for watch in watchers:
+                watch(entry)
             if isinstance(entry, Gap):
                 await self._to_sinks(entry)
                 continue
@@ -172,6 +179,9 @@ class Pipeline:
             else:
                 await self._fetch_q.put(entry)
         self.progress.blocks_total = listed
+        for st in self.sinks:
+            if hasattr(st.sink, "listing_done"):
+                st.sink.listing_done()
         for _ in range(self.fetch_concurrency):
             await self._fetch_q.put(_STOP)
 
