@@ -17,3 +17,13 @@ async def raw_ebs(emulator: Any) -> AsyncIterator[Any]:
     them itself the way AWS does."""
     async with aws_client("ebs", emulator.url, parameter_validation=False) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _quota_free_by_default(request: pytest.FixtureRequest) -> None:
+    """The emulator's defaults enforce AWS's quotas (e.g. StartSnapshot/CompleteSnapshot 10/s,
+    List* 50/s with a small burst). Tests about other rules run many calls back to back with no
+    retries, so they switch throttling off; the throttling tests switch it back on and set the
+    rates they need."""
+    if "emulator" in request.fixturenames:
+        request.getfixturevalue("emulator").config(throttling=False)

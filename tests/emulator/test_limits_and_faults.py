@@ -219,3 +219,19 @@ async def test_stats_count_regions(emulator, ebs):
     by_region = emulator.stats()["by_region"]
     text = repr(by_region)
     assert "us-west-2" in text and "us-east-1" in text
+
+
+async def test_default_quotas_throttle_a_burst_of_start_snapshot(emulator, ebs):
+    # AWS: StartSnapshot 10/s per account. Restore the default throttling and burst past it.
+    emulator.config(throttling=True)
+
+    async def one() -> object:
+        try:
+            return await ebs.start_snapshot(VolumeSize=1)
+        except ClientError as err:
+            return err
+    results = await asyncio.gather(*(one() for _ in range(40)))
+    errors = [r for r in results if isinstance(r, ClientError)]
+    assert errors, "40 concurrent StartSnapshot calls passed a 10/s quota"
+    for err in errors:
+        assert_error(err, THROTTLE_CODES, (400, 429))
