@@ -75,7 +75,7 @@ async def _serve(args: argparse.Namespace, config: dict[str, Any], data_dir: Pat
     from fspd.emulator.server import make_app, new_state
 
     app = make_app(new_state(config, data_dir))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
     await site.start()
