@@ -187,8 +187,10 @@ async def tokens(ebs: Any, snapshot_id: str) -> dict[int, str]:
 
 
 def client_config(**overrides: Any) -> Config:
-    """Like tests/conftest.py's client_config: no retries, fail fast."""
-    base: dict[str, Any] = {"retries": {"max_attempts": 1, "mode": "standard"},
+    """Like tests/conftest.py's client_config, but truly without retries: botocore's
+    ``max_attempts`` counts RETRIES (max_attempts=1 means two attempts), so this sets
+    ``total_max_attempts=1``: exactly one attempt per call."""
+    base: dict[str, Any] = {"retries": {"total_max_attempts": 1, "mode": "standard"},
                             "connect_timeout": 5, "read_timeout": 30}
     base.update(overrides)
     return Config(**base)

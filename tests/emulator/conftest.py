@@ -19,6 +19,15 @@ async def raw_ebs(emulator: Any) -> AsyncIterator[Any]:
         yield client
 
 
+@pytest.fixture
+async def ebs1(emulator: Any) -> AsyncIterator[Any]:
+    """An EBS client (us-east-1) that makes exactly ONE attempt per call. The shared ``ebs``
+    fixture's ``retries={"max_attempts": 1}`` still allows one retry (botocore counts retries
+    there), which would double every 500/throttle the fault tests count."""
+    async with aws_client("ebs", emulator.url) as client:
+        yield client
+
+
 @pytest.fixture(autouse=True)
 def _quota_free_by_default(request: pytest.FixtureRequest) -> None:
     """The emulator's defaults enforce AWS's quotas (e.g. StartSnapshot/CompleteSnapshot 10/s,

@@ -25,9 +25,9 @@ from ._blocks import (
 )
 
 
-async def _one_block(ebs) -> tuple[str, str]:
-    sid = await make_snapshot(ebs, {0: block("f0")})
-    return sid, (await tokens(ebs, sid))[0]
+async def _one_block(ebs1) -> tuple[str, str]:
+    sid = await make_snapshot(ebs1, {0: block("f0")})
+    return sid, (await tokens(ebs1, sid))[0]
 
 
 async def _burst_get(url: str, sid: str, token: str, n: int) -> list[object]:
@@ -41,8 +41,8 @@ async def _burst_get(url: str, sid: str, token: str, n: int) -> list[object]:
         return await asyncio.gather(*(one() for _ in range(n)))
 
 
-async def test_burst_over_low_get_rate_is_throttled_and_counted(emulator, ebs):
-    sid, token = await _one_block(ebs)
+async def test_burst_over_low_get_rate_is_throttled_and_counted(emulator, ebs1):
+    sid, token = await _one_block(ebs1)
     emulator.config(throttling=True, get_rate=20, burst_seconds=1)
     emulator.reset_stats()
     results = await _burst_get(emulator.url, sid, token, 80)
@@ -56,21 +56,21 @@ async def test_burst_over_low_get_rate_is_throttled_and_counted(emulator, ebs):
     assert emulator.stats()["throttled"] >= len(errors)
 
 
-async def test_throttling_off_ignores_low_rates(emulator, ebs):
-    sid, token = await _one_block(ebs)
+async def test_throttling_off_ignores_low_rates(emulator, ebs1):
+    sid, token = await _one_block(ebs1)
     emulator.config(throttling=False, get_rate=5, account_get_rate=5, burst_seconds=1)
     results = await _burst_get(emulator.url, sid, token, 40)
     assert all(isinstance(r, bytes) for r in results), [
         error_code(r) for r in results if isinstance(r, ClientError)]
 
 
-async def test_list_rate_throttles_list_calls(emulator, ebs):
-    sid, _ = await _one_block(ebs)
+async def test_list_rate_throttles_list_calls(emulator, ebs1):
+    sid, _ = await _one_block(ebs1)
     emulator.config(throttling=True, list_rate=5, burst_seconds=1)
 
     async def one() -> object:
         try:
-            return await ebs.list_snapshot_blocks(SnapshotId=sid)
+            return await ebs1.list_snapshot_blocks(SnapshotId=sid)
         except ClientError as err:
             return err
     results = await asyncio.gather(*(one() for _ in range(30)))
@@ -80,14 +80,14 @@ async def test_list_rate_throttles_list_calls(emulator, ebs):
         assert_error(err, THROTTLE_CODES, (400, 429))
 
 
-async def test_put_rate_throttles_puts(emulator, ebs):
-    sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
+async def test_put_rate_throttles_puts(emulator, ebs1):
+    sid = (await ebs1.start_snapshot(VolumeSize=1))["SnapshotId"]
     emulator.config(throttling=True, put_rate=10, burst_seconds=1)
     data = block("pr")
 
     async def one(i: int) -> object:
         try:
-            return await put(ebs, sid, i, data)
+            return await put(ebs1, sid, i, data)
         except ClientError as err:
             return err
     results = await asyncio.gather(*(one(i) for i in range(40)))
@@ -97,79 +97,79 @@ async def test_put_rate_throttles_puts(emulator, ebs):
         assert_error(err, THROTTLE_CODES, (400, 429))
 
 
-async def test_error_rate_gives_500_only_on_chosen_operation(emulator, ebs):
-    sid, token = await _one_block(ebs)
+async def test_error_rate_gives_500_only_on_chosen_operation(emulator, ebs1):
+    sid, token = await _one_block(ebs1)
     emulator.faults(error_rate=1.0, operations=["GetSnapshotBlock"])
     for _ in range(3):
-        await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0,
+        await expect_error(ebs1.get_snapshot_block(SnapshotId=sid, BlockIndex=0,
                                                   BlockToken=token),
                            "InternalServerException", 500)
-    page = await ebs.list_snapshot_blocks(SnapshotId=sid)
+    page = await ebs1.list_snapshot_blocks(SnapshotId=sid)
     assert [b["BlockIndex"] for b in page["Blocks"]] == [0]
     faults = emulator.stats()["faults"]
     assert sum(faults.values()) >= 3
 
 
-async def test_error_rate_in_one_region_only(emulator, ebs):
-    sid, _ = await _one_block(ebs)
+async def test_error_rate_in_one_region_only(emulator, ebs1):
+    sid, _ = await _one_block(ebs1)
     emulator.faults(error_rate=1.0, region="eu-west-1")
     async with aws_client("ebs", emulator.url, region="eu-west-1") as eu:
         await expect_error(eu.start_snapshot(VolumeSize=1), "InternalServerException", 500)
-    await ebs.list_snapshot_blocks(SnapshotId=sid)
+    await ebs1.list_snapshot_blocks(SnapshotId=sid)
 
 
-async def test_reset_rate_makes_client_see_connection_error(emulator, ebs):
-    sid, token = await _one_block(ebs)
+async def test_reset_rate_makes_client_see_connection_error(emulator, ebs1):
+    sid, token = await _one_block(ebs1)
     emulator.faults(reset_rate=1.0, operations=["GetSnapshotBlock"])
     with pytest.raises((BotoCoreError, aiohttp.ClientError, ConnectionError, OSError,
                         asyncio.IncompleteReadError)) as info:
-        await read_block(ebs, sid, 0, token)
+        await read_block(ebs1, sid, 0, token)
     assert not isinstance(info.value, ClientError)
     emulator.clear_faults()
-    data, _ = await read_block(ebs, sid, 0, token)
+    data, _ = await read_block(ebs1, sid, 0, token)
     assert data == block("f0")
 
 
-async def test_corrupt_rate_returns_body_not_matching_true_checksum(emulator, ebs):
-    sid, token = await _one_block(ebs)
+async def test_corrupt_rate_returns_body_not_matching_true_checksum(emulator, ebs1):
+    sid, token = await _one_block(ebs1)
     emulator.faults(corrupt_rate=1.0, operations=["GetSnapshotBlock"])
-    data, meta = await read_block(ebs, sid, 0, token)
+    data, meta = await read_block(ebs1, sid, 0, token)
     assert meta["Checksum"] == checksum(block("f0"))  # the header is the TRUE checksum
     assert checksum(data) != meta["Checksum"]
     assert data != block("f0")
     emulator.clear_faults()
-    data, meta = await read_block(ebs, sid, 0, token)
+    data, meta = await read_block(ebs1, sid, 0, token)
     assert data == block("f0")
     assert checksum(data) == meta["Checksum"]
 
 
-async def test_latency_is_added(emulator, ebs):
-    sid, _ = await _one_block(ebs)
+async def test_latency_is_added(emulator, ebs1):
+    sid, _ = await _one_block(ebs1)
     emulator.faults(latency_ms=250, operations=["ListSnapshotBlocks"])
     t0 = time.monotonic()
-    await ebs.list_snapshot_blocks(SnapshotId=sid)
+    await ebs1.list_snapshot_blocks(SnapshotId=sid)
     assert time.monotonic() - t0 >= 0.24
     emulator.clear_faults()
     t0 = time.monotonic()
-    await ebs.list_snapshot_blocks(SnapshotId=sid)
+    await ebs1.list_snapshot_blocks(SnapshotId=sid)
     # Not a tight bound: only that the 250 ms is gone once faults are cleared.
     assert time.monotonic() - t0 < 0.24
 
 
-async def test_cleared_faults_restore_normal_behaviour(emulator, ebs):
-    sid, token = await _one_block(ebs)
+async def test_cleared_faults_restore_normal_behaviour(emulator, ebs1):
+    sid, token = await _one_block(ebs1)
     emulator.faults(error_rate=1.0)
-    await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid), "InternalServerException", 500)
+    await expect_error(ebs1.list_snapshot_blocks(SnapshotId=sid), "InternalServerException", 500)
     emulator.clear_faults()
-    data, _ = await read_block(ebs, sid, 0, token)
+    data, _ = await read_block(ebs1, sid, 0, token)
     assert data == block("f0")
 
 
-async def _outcomes(ebs, sid: str, n: int) -> list[bool]:
+async def _outcomes(ebs1, sid: str, n: int) -> list[bool]:
     out = []
     for _ in range(n):
         try:
-            await ebs.list_snapshot_blocks(SnapshotId=sid)
+            await ebs1.list_snapshot_blocks(SnapshotId=sid)
             out.append(True)
         except ClientError as err:
             assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 500
@@ -177,28 +177,28 @@ async def _outcomes(ebs, sid: str, n: int) -> list[bool]:
     return out
 
 
-async def test_seeded_faults_are_reproducible(emulator, ebs):
-    sid, _ = await _one_block(ebs)
+async def test_seeded_faults_are_reproducible(emulator, ebs1):
+    sid, _ = await _one_block(ebs1)
     emulator.faults(error_rate=0.5, operations=["ListSnapshotBlocks"], seed=1234)
-    first = await _outcomes(ebs, sid, 24)
+    first = await _outcomes(ebs1, sid, 24)
     emulator.clear_faults()
     emulator.faults(error_rate=0.5, operations=["ListSnapshotBlocks"], seed=1234)
-    second = await _outcomes(ebs, sid, 24)
+    second = await _outcomes(ebs1, sid, 24)
     assert first == second
     assert True in first and False in first
     emulator.clear_faults()
     emulator.faults(error_rate=0.5, operations=["ListSnapshotBlocks"], seed=999)
-    third = await _outcomes(ebs, sid, 24)
+    third = await _outcomes(ebs1, sid, 24)
     assert third != first  # 2**-24 chance of a false alarm
 
 
-async def test_stats_count_requests_by_operation_and_snapshot(emulator, ebs):
-    sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
+async def test_stats_count_requests_by_operation_and_snapshot(emulator, ebs1):
+    sid = (await ebs1.start_snapshot(VolumeSize=1))["SnapshotId"]
     emulator.reset_stats()
     for i in range(3):
-        await put(ebs, sid, i, block(i))
-    await ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=3)
-    await ebs.list_snapshot_blocks(SnapshotId=sid)
+        await put(ebs1, sid, i, block(i))
+    await ebs1.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=3)
+    await ebs1.list_snapshot_blocks(SnapshotId=sid)
     stats = emulator.stats()
     assert stats["requests"]["PutSnapshotBlock"] == 3
     assert stats["requests"]["CompleteSnapshot"] == 1
@@ -210,9 +210,9 @@ async def test_stats_count_requests_by_operation_and_snapshot(emulator, ebs):
     assert sum(after["requests"].values()) == 0
 
 
-async def test_stats_count_regions(emulator, ebs):
+async def test_stats_count_regions(emulator, ebs1):
     emulator.reset_stats()
-    await ebs.start_snapshot(VolumeSize=1)
+    await ebs1.start_snapshot(VolumeSize=1)
     async with aws_client("ebs", emulator.url, region="us-west-2") as west:
         await west.start_snapshot(VolumeSize=1)
         await west.start_snapshot(VolumeSize=1)
@@ -221,13 +221,13 @@ async def test_stats_count_regions(emulator, ebs):
     assert "us-west-2" in text and "us-east-1" in text
 
 
-async def test_default_quotas_throttle_a_burst_of_start_snapshot(emulator, ebs):
+async def test_default_quotas_throttle_a_burst_of_start_snapshot(emulator, ebs1):
     # AWS: StartSnapshot 10/s per account. Restore the default throttling and burst past it.
     emulator.config(throttling=True)
 
     async def one() -> object:
         try:
-            return await ebs.start_snapshot(VolumeSize=1)
+            return await ebs1.start_snapshot(VolumeSize=1)
         except ClientError as err:
             return err
     results = await asyncio.gather(*(one() for _ in range(40)))

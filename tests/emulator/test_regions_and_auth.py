@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 
 from ._blocks import aws_client, block, expect_error, make_snapshot, read_block, tokens

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 
 from ._blocks import (
