@@ -16,7 +16,7 @@ from fspd.run import run_job
 B = BLOCK_SIZE
 
 
-def test_settings(**transfer: Any) -> Settings:
+def fast_settings(**transfer: Any) -> Settings:
     """Small pools and quick backoff so fault tests finish fast; bounds stay realistic."""
     t = {"fetch_concurrency": 16, "put_concurrency": 16, "queue_blocks": 32} | transfer
     return Settings(
@@ -61,7 +61,7 @@ def volume_size_for(image: bytes) -> int:
 
 async def run(spec: dict[str, Any], settings: Settings | None = None,
               progress: Progress | None = None) -> dict[str, Any]:
-    return await run_job(jobs.validate(spec), settings or test_settings(), progress=progress)
+    return await run_job(jobs.validate(spec), settings or fast_settings(), progress=progress)
 
 
 async def upload(emulator_url: str, path: Path, region: str = "us-east-1",
