@@ -61,12 +61,32 @@ class PathSettings(_Section):
     allow_devices: tuple[str, ...] = ()
 
 
+class DaemonSettings(_Section):
+    """``fspd serve``. Keys marked (reload) change on SIGHUP; the others need a restart."""
+
+    spool_dir: Path = Path("/var/spool/fspd")  # tmp/ new/ active/ done/ failed/ live here
+    state_dir: Path = Path("/var/lib/fspd")  # per-job state (checkpoints)
+    socket_path: Path = Path("/run/fspd/fspd.sock")  # control socket (HTTP + JSON)
+    socket_group: str | None = None  # group owning the socket (mode 0660); None = daemon's
+    control_group: str | None = None  # (reload) members may cancel/pause/submit/set bandwidth
+    max_jobs: int = Field(4, ge=1, le=256)  # (reload) jobs running at once
+    bandwidth_bytes_per_s: int = Field(0, ge=0)  # (reload) shared by all jobs; 0 = unlimited
+    rescan_interval_s: float = Field(30.0, gt=0, le=3600)  # (reload) full rescan of new/
+    poll_interval_s: float = Field(0.5, gt=0, le=5)  # (reload) new/ poll without inotify
+    stale_tmp_after_s: float = Field(86400.0, ge=60)  # (reload) tmp/ files older are removed
+    stop_timeout_s: float = Field(20.0, gt=0, le=3600)  # (reload) bound for a clean SIGTERM
+    max_job_file_bytes: int = Field(1 << 20, ge=1024, le=1 << 20)  # (reload) bigger: failed/
+    event_interval_s: float = Field(0.5, ge=0.05, le=60)  # (reload) progress event period
+    history: int = Field(1000, ge=0, le=100_000)  # (reload) finished jobs kept in memory
+    watchdog: bool = True  # send WATCHDOG=1 when systemd sets WATCHDOG_USEC
+
+
 class Settings(_Section):
     transfer: TransferSettings = TransferSettings()
     retry: RetrySettings = RetrySettings()
     snapshot: SnapshotSettings = SnapshotSettings()
     paths: PathSettings = PathSettings()
-    daemon: dict[str, Any] = Field(default_factory=dict)
+    daemon: DaemonSettings = DaemonSettings()
     s3: dict[str, Any] = Field(default_factory=dict)
     log_level: str = "info"
 

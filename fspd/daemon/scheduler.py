@@ -1,0 +1,382 @@
+"""Jobs in the daemon: found in the spool, queued by priority then arrival, run under the
+global limits (``max_jobs``, one shared :class:`~fspd.budget.Bandwidth`), finished into
+done/ or failed/.
+
+A job's id is its spool file name. Restarted jobs (found in active/ at start, or in active/
+unlocked, left by a daemon that died) run again from the beginning; ``JobRecord.restarted`` and
+the stable per-job ``state_dir`` are where resume-from-checkpoint slots in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fspd import jobs
+from fspd.budget import Bandwidth, JobControl
+from fspd.config import Settings
+from fspd.daemon.events import EventHub
+from fspd.daemon.spool import Entry, Spool
+from fspd.errors import BadInput, FspdError
+from fspd.log import get_logger
+from fspd.progress import Progress
+from fspd.run import run_job, state_dir_for
+
+log = get_logger("fspd.daemon")
+
+TERMINAL = ("completed", "failed", "cancelled")
+STATES = ("queued", "running", "paused", *TERMINAL)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    box: str  # where the job file is now: new, active, done or failed
+    spec: jobs.JobSpec
+    arrival: tuple[int, int]  # (mtime_ns in new/, sequence): ties in priority go by arrival
+    progress: Progress
+    control: JobControl
+    state: str = "queued"
+    restarted: bool = False
+    held: bool = False  # paused before it started: not dispatched until resumed
+    lock_fd: int | None = None
+    task: asyncio.Task[None] | None = None
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancel_reason: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def priority(self) -> int:
+        return self.spec.priority
+
+    def summary(self) -> dict[str, Any]:
+        p = self.progress
+        average, recent = p.rates()
+        return {
+            "job": self.id, "name": self.spec.name, "verb": self.spec.verb,
+            "state": self.state, "priority": self.priority, "box": self.box,
+            "restarted": self.restarted, "submitted_at": self.submitted_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "bytes_done": p.bytes_done, "blocks_done": p.blocks_done,
+            "blocks_total": p.blocks_total, "rate_avg_bps": round(average),
+            "rate_recent_bps": round(recent), "eta_s": p.eta(),
+            "retries": sum(p.retries.values()), "errors": p.errors,
+            "last_error": p.last_error, "snapshot_ids": dict(p.snapshot_ids),
+            "error": self.error,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        out = self.summary()
+        progress = self.progress.snapshot()
+        progress["job_id"] = self.id
+        out["progress"] = progress
+        out["result"] = self.result
+        return out
+
+
+def engine_job_id(name: str) -> str:
+    """A short, stable id for the engine (it builds ClientTokens from it, capped at 64)."""
+    stem = jobs.safe_name(name.rsplit(".", 1)[0])[:32]
+    return f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, spool: Spool, events: EventHub,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.events = events
+        self.on_change = on_change
+        self.bandwidth = Bandwidth(settings.daemon.bandwidth_bytes_per_s)
+        self.jobs: dict[str, JobRecord] = {}
+        self.stopping = False
+        self.finished_counts: Counter[str] = Counter()
+        self.totals: Counter[str] = Counter()  # bytes, blocks, retries of finished jobs
+        self.retry_totals: Counter[str] = Counter()
+        self._seq = itertools.count()
+        self._scan_lock = asyncio.Lock()
+
+    # --- lookup and counts ---------------------------------------------------------------
+
+    def find(self, ident: str) -> JobRecord | None:
+        if ident in self.jobs:
+            return self.jobs[ident]
+        matches = [r for name, r in self.jobs.items() if name.startswith(ident)]
+        return matches[0] if len(matches) == 1 else None
+
+    def counts(self) -> Counter[str]:
+        return Counter(r.state for r in self.jobs.values())
+
+    def running(self) -> list[JobRecord]:
+        return [r for r in self.jobs.values() if r.task is not None and not r.task.done()]
+
+    # --- finding jobs --------------------------------------------------------------------
+
+    async def scan(self) -> None:
+        """Pick up jobs in new/ and jobs left unlocked in active/; then start what fits."""
+        if self.stopping:
+            return
+        async with self._scan_lock:
+            for entry in self.spool.entries("active"):
+                if entry.name not in self.jobs:
+                    await self._recover(entry)
+            present = set()
+            for entry in self.spool.entries("new"):
+                present.add(entry.name)
+                if entry.name not in self.jobs:
+                    await self._discover(entry)
+            for name, rec in list(self.jobs.items()):  # taken by another daemon
+                if rec.box == "new" and rec.state == "queued" and name not in present:
+                    del self.jobs[name]
+        self.dispatch()
+
+    async def _discover(self, entry: Entry) -> None:
+        if entry.kind != "file":
+            self._reject("new", entry.name, None, BadInput(
+                "is a symlink; job files in the spool must be regular files (not followed)"
+                if entry.kind == "symlink" else "is not a regular file", field="(file)"))
+            return
+        try:
+            data = await self.spool.read("new", entry.name, self.settings.daemon.max_job_file_bytes)
+            spec = jobs.parse(data, entry.name)
+        except BadInput as exc:
+            fd = self.spool.claim(entry.name)  # so only one daemon writes the error record
+            if fd is not None:
+                self._reject("active", entry.name, fd, exc)
+            return
+        except FileNotFoundError:
+            return
+        self._add(entry.name, "new", spec, entry.mtime_ns)
+
+    async def _recover(self, entry: Entry) -> None:
+        if entry.kind != "file":
+            self._reject("active", entry.name, None, BadInput(
+                "is not a regular file (symlinks are not followed)", field="(file)"))
+            return
+        fd = self.spool.lock("active", entry.name)
+        if fd is None:
+            return  # a live daemon is running it
+        try:
+            data = await self.spool.read("active", entry.name,
+                                         self.settings.daemon.max_job_file_bytes)
+            spec = jobs.parse(data, entry.name)
+        except BadInput as exc:
+            self._reject("active", entry.name, fd, exc)
+            return
+        rec = self._add(entry.name, "active", spec, 0)  # restarted jobs go first
+        rec.lock_fd = fd
+        rec.restarted = True
+        log.info("job_restarted", job=entry.name)
+
+    def _add(self, name: str, box: str, spec: jobs.JobSpec, mtime_ns: int) -> JobRecord:
+        rec = JobRecord(id=name, box=box, spec=spec, arrival=(mtime_ns, next(self._seq)),
+                        progress=Progress(job_id=name), control=JobControl(self.bandwidth))
+        self.jobs[name] = rec
+        log.info("job_queued", job=name, verb=spec.verb, priority=spec.priority)
+        self._changed(rec)
+        return rec
+
+    def _reject(self, box: str, name: str, fd: int | None, exc: FspdError) -> None:
+        record = {**exc.to_dict(), "job": name, "failed_at": time.time()}
+        try:
+            final = self.spool.finish(box, name, "failed", record)
+        except OSError as err:
+            log.error("spool_move_failed", job=name, error=str(err))
+            return
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self.finished_counts["rejected"] += 1
+        log.warning("job_rejected", job=final, field=exc.field, error=str(exc))
+        self.events.publish({"event": "state", "job": final, "state": "failed",
+                             "error": record})
+        self.on_change()
+
+    # --- running -------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        limit = self.settings.daemon.max_jobs
+        while not self.stopping and len(self.running()) < limit:
+            waiting = [r for r in self.jobs.values()
+                       if r.state == "queued" and r.task is None and not r.held]
+            if not waiting:
+                return
+            rec = min(waiting, key=lambda r: (-r.priority, r.arrival))
+            if rec.box == "new":
+                fd = self.spool.claim(rec.id)
+                if fd is None:
+                    log.info("job_taken_elsewhere", job=rec.id)
+                    del self.jobs[rec.id]
+                    continue
+                rec.lock_fd, rec.box = fd, "active"
+            rec.task = asyncio.create_task(self._run(rec), name=f"job {rec.id}")
+
+    async def _run(self, rec: JobRecord) -> None:
+        rec.state = "paused" if rec.control.paused else "running"
+        rec.started_at = time.time()
+        self._changed(rec)
+        settings = self.settings  # a reload applies to jobs started after it
+        state_root = Path(settings.daemon.state_dir) / "jobs"
+        log.info("job_started", job=rec.id, verb=rec.spec.verb, restarted=rec.restarted)
+        try:
+            result = await run_job(
+                rec.spec, settings, job_id=engine_job_id(rec.id), progress=rec.progress,
+                state_dir=state_dir_for(state_root, engine_job_id(rec.id)),
+                control=rec.control)
+        except asyncio.CancelledError:
+            if rec.cancel_reason is None:  # the daemon is stopping: next start runs it
+                self._requeue(rec)
+            else:
+                self._end(rec, "failed", "cancelled", {
+                    "error": "Cancelled", "field": None,
+                    "message": f"cancelled: {rec.cancel_reason}"})
+            return
+        except FspdError as exc:
+            self._end(rec, "failed", "failed", exc.to_dict())
+        except Exception as exc:
+            log.exception("job_crashed", job=rec.id)
+            self._end(rec, "failed", "failed", {
+                "error": "InternalError", "field": None,
+                "message": f"internal error ({type(exc).__name__}: {exc}); the daemon log "
+                           "has the details"})
+        else:
+            result = {**result, "job": rec.id, "engine_job_id": result.get("job_id"),
+                      "snapshot_ids": dict(rec.progress.snapshot_ids)}
+            self._end(rec, "done", "completed", result)
+        finally:
+            if rec.lock_fd is not None:
+                os.close(rec.lock_fd)
+                rec.lock_fd = None
+        self.dispatch()
+
+    def _account(self, rec: JobRecord) -> None:
+        p = rec.progress
+        self.totals["bytes"] += p.bytes_done
+        self.totals["blocks"] += p.blocks_done
+        self.retry_totals.update(p.retries)
+
+    def _end(self, rec: JobRecord, box: str, state: str, record: dict[str, Any]) -> None:
+        rec.finished_at = time.time()
+        record = {**record, "job": rec.id, "state": state, "started_at": rec.started_at,
+                  "finished_at": rec.finished_at, "submitted_at": rec.submitted_at,
+                  "progress": {**rec.progress.snapshot(), "job_id": rec.id}}
+        try:
+            final = self.spool.finish("active", rec.id, box, record)
+            if final != rec.id:
+                log.warning("job_renamed_in_spool", job=rec.id, box=box, name=final)
+        except OSError as exc:
+            log.error("spool_move_failed", job=rec.id, error=str(exc))
+        rec.box, rec.state = box, state
+        if box == "done":
+            rec.result = record
+        else:
+            rec.error = {k: record.get(k) for k in ("error", "field", "message")}
+        self._account(rec)
+        self.finished_counts[state] += 1
+        log.info("job_finished", job=rec.id, state=state,
+                 error=None if rec.error is None else rec.error.get("message"))
+        self._changed(rec)
+        self._trim_history()
+
+    def _requeue(self, rec: JobRecord) -> None:
+        name = self.spool.requeue(rec.id)
+        rec.box, rec.state = "new", "queued"
+        rec.task = None
+        self._account(rec)
+        log.info("job_requeued", job=rec.id, as_name=name)
+        self._changed(rec)
+
+    def _trim_history(self) -> None:
+        keep = self.settings.daemon.history
+        done = [n for n, r in self.jobs.items() if r.state in TERMINAL]
+        for name in done[:max(0, len(done) - keep)]:
+            del self.jobs[name]
+
+    def _changed(self, rec: JobRecord) -> None:
+        self.events.publish({"event": "state", **rec.summary()})
+        self.on_change()
+
+    # --- control -------------------------------------------------------------------------
+
+    def cancel(self, rec: JobRecord, who: str) -> None:
+        if rec.state in TERMINAL:
+            raise BadInput(f"job is already {rec.state}", field="job")
+        rec.cancel_reason = f"by {who}"
+        if rec.task is not None:
+            rec.control.resume()  # a paused job must wake up to see the cancellation
+            rec.task.cancel()
+            return
+        if rec.box == "new":
+            fd = self.spool.claim(rec.id)
+            if fd is None:
+                del self.jobs[rec.id]
+                raise BadInput("job was taken by another daemon", field="job")
+            rec.lock_fd = fd
+        try:
+            self._end(rec, "failed", "cancelled", {
+                "error": "Cancelled", "field": None,
+                "message": f"cancelled before it started: {rec.cancel_reason}"})
+        finally:
+            if rec.lock_fd is not None:
+                os.close(rec.lock_fd)
+                rec.lock_fd = None
+
+    def pause(self, rec: JobRecord) -> None:
+        if rec.state in TERMINAL:
+            raise BadInput(f"job is already {rec.state}", field="job")
+        rec.control.pause()
+        if rec.task is None:
+            rec.held = True
+        else:
+            rec.state = "paused"
+        self._changed(rec)
+
+    def resume(self, rec: JobRecord) -> None:
+        if rec.state in TERMINAL:
+            raise BadInput(f"job is already {rec.state}", field="job")
+        rec.control.resume()
+        rec.held = False
+        if rec.task is not None:
+            rec.state = "running"
+        self._changed(rec)
+        self.dispatch()
+
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bandwidth.set_rate(settings.daemon.bandwidth_bytes_per_s)
+        self.dispatch()
+
+    def publish_progress(self) -> None:
+        for rec in self.running():
+            self.events.publish({"event": "progress", **rec.summary()})
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop claiming; cancel running jobs and put them back into new/ (bounded wait);
+        put claimed-but-not-started jobs back too."""
+        self.stopping = True
+        tasks = [r.task for r in self.running() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for rec in self.running():
+                if rec.task in pending:
+                    log.warning("job_stop_timeout", job=rec.id, grace_s=grace_s)
+                    self._requeue(rec)
+        for rec in list(self.jobs.values()):
+            if rec.box == "active" and rec.state == "queued":
+                self._requeue(rec)
+            if rec.lock_fd is not None:
+                os.close(rec.lock_fd)
+                rec.lock_fd = None
