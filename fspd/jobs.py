@@ -12,7 +12,15 @@ import re
 import tomllib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from fspd.errors import BadInput
 
@@ -42,6 +50,20 @@ class EbsSourceSpec(AwsEndpointSpec):
     snapshot_id: SnapshotId
     # With a base, the source is the blocks changed from base_snapshot_id to snapshot_id.
     base_snapshot_id: SnapshotId | None = None
+
+
+class EbsChainSourceSpec(AwsEndpointSpec):
+    """A lineage of snapshots, oldest first, brought over one sync step at a time."""
+
+    type: Literal["ebs-chain"]
+    snapshot_ids: Annotated[list[SnapshotId], Field(min_length=2, max_length=1000)]
+
+    @field_validator("snapshot_ids")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a snapshot appears twice in the chain")
+        return value
 
 
 class FileSourceSpec(_Strict):
@@ -79,7 +101,8 @@ class EbsDestinationSpec(AwsEndpointSpec):
         return value
 
 
-Source = Annotated[EbsSourceSpec | FileSourceSpec, Field(discriminator="type")]
+Source = Annotated[EbsSourceSpec | EbsChainSourceSpec | FileSourceSpec,
+                  Field(discriminator="type")]
 Destination = Annotated[EbsDestinationSpec | FileDestinationSpec, Field(discriminator="type")]
 
 
@@ -92,6 +115,49 @@ class JobSpec(_Strict):
     destinations: Annotated[list[Destination], Field(max_length=64)] = Field(
         default_factory=list)
     on_destination_failure: Literal["fail", "drop"] = "fail"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> JobSpec:
+        src, dests = self.source, self.destinations
+        ebs_dests = [(i, d) for i, d in enumerate(dests) if isinstance(d, EbsDestinationSpec)]
+        file_dests = [(i, d) for i, d in enumerate(dests) if isinstance(d, FileDestinationSpec)]
+        if isinstance(src, EbsChainSourceSpec) and (len(dests) != 1 or not ebs_dests):
+            raise PydanticCustomError("shape", "a chain source needs exactly one ebs "
+                                      "destination", {"loc": "destinations"})
+        delta = isinstance(src, EbsSourceSpec) and src.base_snapshot_id
+        for i, d in ebs_dests:
+            if delta and not d.parent_snapshot_id:
+                raise PydanticCustomError(
+                    "shape", "required when the source is a delta (sync): the copy of the "
+                    "base snapshot in the destination", {"loc": f"destinations[{i}]."
+                                                         "parent_snapshot_id"})
+        for i, d in file_dests:
+            if delta and d.mode != "in-place":
+                raise PydanticCustomError(
+                    "shape", "must be 'in-place' when the source is a delta (deltadownload)",
+                    {"loc": f"destinations[{i}].mode"})
+            if isinstance(src, FileSourceSpec):
+                raise PydanticCustomError("shape", "a file source needs ebs or s3 "
+                                          "destinations", {"loc": f"destinations[{i}].type"})
+        seen: dict[Any, int] = {}
+        for i, d in enumerate(dests):
+            key: Any
+            if isinstance(d, EbsDestinationSpec):
+                key = ("ebs", d.region, d.profile, d.role_arn, d.endpoint_url)
+            elif isinstance(d, FileDestinationSpec):
+                key = ("file", d.path)
+            else:
+                continue
+            if key in seen:
+                raise PydanticCustomError(
+                    "shape", f"the same destination as destinations[{seen[key]}] is listed "
+                    "twice", {"loc": f"destinations[{i}]"})
+            seen[key] = i
+        names = [d.name for d in dests if d.name]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("shape", "destination names must be unique",
+                                      {"loc": "destinations"})
+        return self
 
     def destination_names(self) -> list[str]:
         names = []
@@ -107,6 +173,8 @@ class JobSpec(_Strict):
         kinds = {d.type for d in self.destinations}
         if isinstance(src, FileSourceSpec):
             return "upload" if len(self.destinations) == 1 else "fanout"
+        if isinstance(src, EbsChainSourceSpec):
+            return "sync"
         if src.base_snapshot_id:
             return "deltadownload" if kinds == {"file"} else "sync"
         if kinds == {"file"}:
@@ -119,7 +187,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for p in loc:
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif p in ("ebs", "file") and parts:  # discriminator tag, not a field
+        elif p in ("ebs", "ebs-chain", "file") and parts:  # discriminator tag, not a field
             continue
         else:
             parts.append(str(p))
@@ -130,12 +198,15 @@ def describe_validation_error(err: ValidationError) -> BadInput:
     first = err.errors()[0]
     field = _loc(first["loc"])
     kind = first["type"]
-    if kind == "extra_forbidden":
+    if kind == "shape":
+        field = str((first.get("ctx") or {}).get("loc") or field)
+        msg = str(first["msg"])
+    elif kind == "extra_forbidden":
         msg = "unknown field"
     elif kind == "missing":
         msg = "required field is missing"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        msg = "'type' must be one of: ebs, file"
+        msg = "'type' must be one of: ebs, ebs-chain, file"
     elif kind == "string_pattern_mismatch" and field.endswith("snapshot_id"):
         msg = f"{first.get('input')!r} is not a snapshot id (snap-, then 8 or 17 hex digits)"
     elif kind == "string_pattern_mismatch" and field.endswith("region"):
