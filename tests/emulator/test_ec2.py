@@ -107,3 +107,23 @@ async def test_deleted_parent_keeps_child_readable(ebs, ec2):
     assert sorted(toks) == [0, 1]
     data, _ = await read_block(ebs, child, 0, toks[0])
     assert data == block("dp0")
+
+
+async def test_describe_snapshots_paginates_with_max_results(ebs, ec2):
+    ids = {(await ebs.start_snapshot(VolumeSize=1))["SnapshotId"] for _ in range(7)}
+    first = await ec2.describe_snapshots(OwnerIds=["self"], MaxResults=5)
+    assert len(first["Snapshots"]) == 5
+    assert first.get("NextToken")
+    second = await ec2.describe_snapshots(OwnerIds=["self"], MaxResults=5,
+                                          NextToken=first["NextToken"])
+    assert not second.get("NextToken")
+    got = [s["SnapshotId"] for s in first["Snapshots"] + second["Snapshots"]]
+    assert sorted(got) == sorted(ids)
+
+
+async def test_describe_progress_of_pending_snapshot_is_below_100(ebs, ec2):
+    sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
+    snap = (await ec2.describe_snapshots(SnapshotIds=[sid]))["Snapshots"][0]
+    assert snap["State"] == "pending"
+    assert snap["Progress"].endswith("%")
+    assert int(snap["Progress"].rstrip("%")) < 100

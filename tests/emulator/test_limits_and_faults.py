@@ -12,17 +12,25 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ._blocks import (
     THROTTLE_CODES,
+    THROTTLE_REASONS,
     assert_error,
     aws_client,
     block,
     checksum,
     error_code,
+    error_reason,
     expect_error,
     make_snapshot,
     put,
     read_block,
     tokens,
 )
+
+
+def _assert_throttled(err: ClientError) -> None:
+    assert_error(err, THROTTLE_CODES, (400, 429))
+    if error_code(err) == "RequestThrottledException":
+        assert error_reason(err) in THROTTLE_REASONS, err.response
 
 
 async def _one_block(ebs1) -> tuple[str, str]:
@@ -51,7 +59,7 @@ async def test_burst_over_low_get_rate_is_throttled_and_counted(emulator, ebs1):
     assert errors, "80 concurrent GETs at a 20/s limit were never throttled"
     assert ok, "even a throttled burst lets the allowed rate through"
     for err in errors:
-        assert_error(err, THROTTLE_CODES, (400, 429))
+        _assert_throttled(err)
     assert all(r == block("f0") for r in ok)
     assert emulator.stats()["throttled"] >= len(errors)
 
@@ -77,7 +85,7 @@ async def test_list_rate_throttles_list_calls(emulator, ebs1):
     errors = [r for r in results if isinstance(r, ClientError)]
     assert errors
     for err in errors:
-        assert_error(err, THROTTLE_CODES, (400, 429))
+        _assert_throttled(err)
 
 
 async def test_put_rate_throttles_puts(emulator, ebs1):
@@ -94,7 +102,7 @@ async def test_put_rate_throttles_puts(emulator, ebs1):
     errors = [r for r in results if isinstance(r, ClientError)]
     assert errors
     for err in errors:
-        assert_error(err, THROTTLE_CODES, (400, 429))
+        _assert_throttled(err)
 
 
 async def test_error_rate_gives_500_only_on_chosen_operation(emulator, ebs1):
@@ -234,4 +242,65 @@ async def test_default_quotas_throttle_a_burst_of_start_snapshot(emulator, ebs1)
     errors = [r for r in results if isinstance(r, ClientError)]
     assert errors, "40 concurrent StartSnapshot calls passed a 10/s quota"
     for err in errors:
-        assert_error(err, THROTTLE_CODES, (400, 429))
+        _assert_throttled(err)
+
+
+async def test_account_get_rate_throttles_across_snapshots(emulator, ebs1):
+    a, tok_a = await _one_block(ebs1)
+    b, tok_b = await _one_block(ebs1)
+    emulator.config(throttling=True, get_rate=1000, account_get_rate=20, burst_seconds=1)
+    async with aws_client("ebs", emulator.url, max_pool_connections=60) as client:
+        async def one(sid: str, tok: str) -> object:
+            try:
+                return (await read_block(client, sid, 0, tok))[0]
+            except ClientError as err:
+                return err
+        results = await asyncio.gather(*(one(a, tok_a) for _ in range(30)),
+                                       *(one(b, tok_b) for _ in range(30)))
+    errors = [r for r in results if isinstance(r, ClientError)]
+    # 60 GETs over two snapshots, each far under its 1000/s, but over the account's 20/s.
+    assert len(errors) >= 10
+    for err in errors:
+        _assert_throttled(err)
+
+
+async def test_per_snapshot_rate_does_not_throttle_another_snapshot(emulator, ebs1):
+    a, tok_a = await _one_block(ebs1)
+    b, tok_b = await _one_block(ebs1)
+    emulator.config(throttling=True, get_rate=10, account_get_rate=1000, burst_seconds=1)
+    hammered = await _burst_get(emulator.url, a, tok_a, 40)
+    assert any(isinstance(r, ClientError) for r in hammered)
+    # Snapshot b has its own per-snapshot bucket.
+    data, _ = await read_block(ebs1, b, 0, tok_b)
+    assert data == block("f0")
+
+
+async def test_reset_on_put_leaves_snapshot_consistent(emulator, ebs1):
+    sid = (await ebs1.start_snapshot(VolumeSize=1))["SnapshotId"]
+    emulator.faults(reset_rate=1.0, operations=["PutSnapshotBlock"])
+    with pytest.raises((BotoCoreError, aiohttp.ClientError, ConnectionError, OSError)) as info:
+        await put(ebs1, sid, 0, block("r0"))
+    assert not isinstance(info.value, ClientError)
+    emulator.clear_faults()
+    await put(ebs1, sid, 0, block("r0"))
+    from ._blocks import complete, list_all
+    assert (await complete(ebs1, sid, {0: block("r0")}))["Status"] == "completed"
+    listed, _ = await list_all(ebs1, sid)
+    assert [b["BlockIndex"] for b in listed] == [0]
+
+
+async def test_too_many_pending_snapshots_is_refused(emulator, ebs1):
+    # AWS: at most 100 pending snapshots per account (per region).
+    for _ in range(100):
+        await ebs1.start_snapshot(VolumeSize=1)
+    await expect_error(ebs1.start_snapshot(VolumeSize=1),
+                       {"ConcurrentLimitExceededException", "ServiceQuotaExceededException"},
+                       (400, 402))
+
+
+async def test_error_responses_carry_error_type_header_and_json_body(emulator, ebs1):
+    err = await expect_error(ebs1.list_snapshot_blocks(SnapshotId="snap-0123456789abcdef0"),
+                             "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND")
+    headers = err.response["ResponseMetadata"]["HTTPHeaders"]
+    assert headers.get("x-amzn-errortype", "").split(":")[0] == "ResourceNotFoundException"
+    assert err.response["Error"]["Message"]

@@ -208,3 +208,30 @@ async def test_get_unlisted_block_index_is_rejected(ebs):
     from ._blocks import VALIDATION_REASONS
     await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=5, BlockToken=tok),
                        "ValidationException", 400, VALIDATION_REASONS)
+
+
+async def test_page_token_of_another_snapshot_is_rejected(ebs):
+    a, _ = await _snapshot_of(ebs, range(150))
+    b, _ = await _snapshot_of(ebs, range(150))
+    token = (await ebs.list_snapshot_blocks(SnapshotId=a, MaxResults=100))["NextToken"]
+    await expect_error(ebs.list_snapshot_blocks(SnapshotId=b, NextToken=token),
+                       "ValidationException", 400, "INVALID_PAGE_TOKEN")
+
+
+async def test_get_index_past_volume_end_is_rejected(ebs):
+    sid, _ = await _snapshot_of(ebs, [0])
+    tok = (await tokens(ebs, sid))[0]
+    from ._blocks import VALIDATION_REASONS
+    await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=BLOCKS_PER_GIB,
+                                              BlockToken=tok),
+                       "ValidationException", 400, VALIDATION_REASONS)
+
+
+async def test_encrypted_snapshot_round_trips_written_blocks(ebs):
+    written = {0: block("enc0"), 9: block("enc9")}
+    sid = await make_snapshot(ebs, written, Encrypted=True)
+    listed, _ = await list_all(ebs, sid)
+    assert [b["BlockIndex"] for b in listed] == [0, 9]
+    for entry in listed:
+        data, _ = await read_block(ebs, sid, entry["BlockIndex"], entry["BlockToken"])
+        assert data == written[entry["BlockIndex"]]

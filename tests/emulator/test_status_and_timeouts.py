@@ -116,3 +116,39 @@ async def test_not_found_window_gives_404_right_after_start_then_works(emulator,
         raise AssertionError("snapshot never became visible")
     assert time.monotonic() - t0 >= 0.4
     assert (await complete(ebs, sid, {0: block(0)}))["Status"] == "completed"
+
+
+async def test_not_found_window_also_applies_right_after_completion(emulator, ebs):
+    # AWS advised retrying 404s for a while right after StartSnapshot and after completion.
+    sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
+    await put(ebs, sid, 0, block(0))
+    emulator.config(not_found_window=0.4)
+    await asyncio.sleep(0.45)  # past the window that follows StartSnapshot
+    assert (await complete(ebs, sid, {0: block(0)}))["Status"] == "completed"
+    await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid), "ResourceNotFoundException", 404,
+                       "SNAPSHOT_NOT_FOUND")
+    await asyncio.sleep(0.45)
+    listed, _ = await list_all(ebs, sid)
+    assert [b["BlockIndex"] for b in listed] == [0]
+
+
+async def test_cancelled_snapshot_cannot_be_listed(emulator, ebs, ec2):
+    emulator.config(timeout_unit_seconds=0.03)
+    sid = (await ebs.start_snapshot(VolumeSize=1, Timeout=10))["SnapshotId"]
+    await _wait_state(ec2, sid, "error")
+    with_error = None
+    try:
+        await ebs.list_snapshot_blocks(SnapshotId=sid)
+    except ClientError as err:
+        with_error = err
+    assert with_error is not None
+    assert 400 <= with_error.response["ResponseMetadata"]["HTTPStatusCode"] < 500
+
+
+async def test_concurrent_puts_all_land(ebs):
+    sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
+    written = {i * 31: block(("cc", i)) for i in range(40)}
+    await asyncio.gather(*(put(ebs, sid, i, d) for i, d in written.items()))
+    assert (await complete(ebs, sid, written))["Status"] == "completed"
+    listed, _ = await list_all(ebs, sid)
+    assert [b["BlockIndex"] for b in listed] == sorted(written)
