@@ -78,17 +78,24 @@ async def test_sparse_volume_walk_has_empty_pages_with_next_token(emulator, ebs)
     assert len(pages) >= BLOCKS_PER_GIB // 64 // 2
 
 
-async def test_sparse_synthetic_full_walk_returns_allocated_set_once(emulator, ebs):
-    emulator.config(page_scan_blocks=100)
-    sid = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=11)
+async def test_sparse_synthetic_walk_has_empty_pages_and_returns_allocated_set(emulator, ebs):
+    emulator.config(page_scan_blocks=16)
+    sid = emulator.synthetic(volume_size=1, allocation="sparse", density=0.01, seed=11)
     listed, pages = await list_all(ebs, sid, MaxResults=100)
     got = [b["BlockIndex"] for b in listed]
     assert got == sorted(set(got))
-    assert got and got[-1] < BLOCKS_PER_GIB
-    assert all(len(p.get("Blocks", [])) <= 100 for p in pages)
-    # Walking again gives the same allocated set.
-    again, _ = await list_all(ebs, sid, MaxResults=1000)
+    assert 3 <= len(got) <= 60  # ~20 expected at density 0.01 over 2048 blocks
+    assert got[-1] < BLOCKS_PER_GIB
+    assert any(not p.get("Blocks") and p.get("NextToken") for p in pages), \
+        "a sparse scan in 16-block windows must yield empty pages that carry NextToken"
+    assert all(len(p.get("Blocks", [])) <= 16 for p in pages)
+    # The same set comes back however it is paged.
+    again, _ = await list_all(ebs, sid, MaxResults=10000)
     assert [b["BlockIndex"] for b in again] == got
+    emulator.config(page_scan_blocks=65536)
+    whole, whole_pages = await list_all(ebs, sid, MaxResults=10000)
+    assert [b["BlockIndex"] for b in whole] == got
+    assert len(whole_pages) == 1
 
 
 async def test_max_results_below_100_is_rejected(raw_ebs):

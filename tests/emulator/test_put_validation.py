@@ -102,3 +102,13 @@ async def test_put_after_completion_is_rejected_and_data_unchanged(ebs):
 async def test_put_to_unknown_snapshot_is_404_not_found(ebs):
     await expect_error(put(ebs, "snap-0123456789abcdef0", 0, block(1)),
                        "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND")
+
+
+async def test_put_progress_over_100_is_rejected(ebs):
+    sid = await _pending(ebs)
+    await expect_error(put(ebs, sid, 0, block("p"), Progress=101), "ValidationException", 400)
+
+
+async def test_description_over_255_chars_is_rejected(ebs):
+    await expect_error(ebs.start_snapshot(VolumeSize=1, Description="d" * 256),
+                       "ValidationException", 400)

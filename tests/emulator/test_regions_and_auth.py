@@ -125,7 +125,8 @@ async def test_wrong_secret_on_ec2_is_403(auth_emulator):
         from botocore.exceptions import ClientError
         with pytest.raises(ClientError) as info:
             await client.describe_regions()
-        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        # EC2 reports a bad signature as AuthFailure (401/403 depending on the path).
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] in (401, 403)
 
 
 async def test_signed_put_with_known_key_round_trips(auth_emulator):
@@ -136,3 +137,19 @@ async def test_signed_put_with_known_key_round_trips(auth_emulator):
         toks = await tokens(client, sid)
         data, _ = await read_block(client, sid, 1, toks[1])
         assert data == block("auth")
+
+
+async def test_unsigned_request_is_refused_when_keys_are_configured(auth_emulator):
+    from botocore import UNSIGNED
+    from botocore.exceptions import ClientError
+    async with aws_client("ebs", auth_emulator.url, signature_version=UNSIGNED) as client:
+        with pytest.raises(ClientError) as info:
+            await client.start_snapshot(VolumeSize=1)
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 401, 403)
+
+
+async def test_deny_rule_on_ec2_operation_is_unauthorized_operation(emulator, ec2):
+    emulator.config(deny=[{"operations": ["DescribeSnapshots"]}])
+    await expect_error(ec2.describe_snapshots(OwnerIds=["self"]), "UnauthorizedOperation", 403)
+    regions = (await ec2.describe_regions())["Regions"]
+    assert regions
