@@ -15,15 +15,27 @@ from typing import Any
 
 from aiobotocore.session import AioSession
 
-from fspd.aws import AwsClients, AwsTarget
+from fspd.aws import AwsClients, AwsTarget, call
 from fspd.blocks import BLOCK_SIZE, Kind
 from fspd.budget import JobControl
 from fspd.config import Settings
 from fspd.endpoints.context import JobContext
-from fspd.endpoints.ebs import EbsDeltaSource, EbsSnapshotSink, EbsSnapshotSource
+from fspd.endpoints.ebs import (
+    SOURCE_REGION_TAG,
+    SOURCE_SNAPSHOT_TAG,
+    EbsDeltaSource,
+    EbsSnapshotSink,
+    EbsSnapshotSource,
+)
 from fspd.endpoints.files import FileSink, FileSource
-from fspd.errors import TransferFailed
-from fspd.jobs import AwsEndpointSpec, EbsDestinationSpec, EbsSourceSpec, JobSpec
+from fspd.errors import BadInput, TransferFailed
+from fspd.jobs import (
+    AwsEndpointSpec,
+    EbsChainSourceSpec,
+    EbsDestinationSpec,
+    EbsSourceSpec,
+    JobSpec,
+)
 from fspd.log import get_logger
 from fspd.pipeline import Gap, Pipeline, Sink, Source, VolumeInfo
 from fspd.progress import Progress
@@ -60,13 +72,18 @@ def build_source(ctx: JobContext, spec: JobSpec) -> Source:
 
 def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
     sinks: list[Sink] = []
+    lineage: dict[str, str] = {}
+    if isinstance(spec.source, EbsSourceSpec):
+        # Lets a later chain job find the copies made so far (see _execute_chain).
+        lineage = {SOURCE_SNAPSHOT_TAG: spec.source.snapshot_id,
+                   SOURCE_REGION_TAG: target_for(spec.source).region}
     for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
         if isinstance(dest, EbsDestinationSpec):
             token = dest.client_token or f"fspd-{ctx.job_id}-{name}"[:64]
             sinks.append(EbsSnapshotSink(
                 ctx, target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
                 volume_size_gib=dest.volume_size_gib, description=dest.description,
-                tags=dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
+                tags=lineage | dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
                 kms_key_arn=dest.kms_key_arn, timeout_minutes=dest.timeout_minutes,
                 client_token=_token_safe(token), skip_zero_blocks=dest.skip_zero_blocks))
         else:
@@ -165,8 +182,33 @@ async def _with_deadline(coro: Any, settings: Settings) -> dict[str, Any]:
         raise TransferFailed(f"job exceeded its deadline of {deadline:.0f} s") from None
 
 
+async def check_regions(ctx: JobContext, spec: JobSpec) -> None:
+    """Every region a job names must exist for its account (one DescribeRegions per account
+    and endpoint), before anything starts."""
+    ends: list[tuple[str, AwsEndpointSpec]] = []
+    if isinstance(spec.source, AwsEndpointSpec):
+        ends.append(("source", spec.source))
+    ends += [(f"destinations[{i}]", d) for i, d in enumerate(spec.destinations)
+             if isinstance(d, AwsEndpointSpec)]
+    known: dict[tuple[Any, ...], set[str]] = {}
+    for field, end in ends:
+        target = target_for(end)
+        account = (target.profile, target.role_arn, target.endpoint_url)
+        if account not in known:
+            ec2 = await ctx.clients.client("ec2", target)
+            resp = await ctx.retrier().run(lambda ec2=ec2: call(ec2, "DescribeRegions"))
+            known[account] = {r["RegionName"] for r in resp.get("Regions", [])}
+        if target.region not in known[account]:
+            raise BadInput(f"region {target.region} is not available to this account "
+                           f"(DescribeRegions lists {', '.join(sorted(known[account]))})",
+                           field=f"{field}.region")
+
+
 async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
                    ) -> dict[str, Any]:
+    await check_regions(ctx, spec)
+    if isinstance(spec.source, EbsChainSourceSpec):
+        return await _execute_chain(ctx, spec, control)
     source = build_source(ctx, spec)
     sinks = build_sinks(ctx, spec) if not spec.dry_run else []
     try:
@@ -193,6 +235,69 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
         return base
     finally:
         await source.close()
+
+
+async def _copies_so_far(ctx: JobContext, spec: JobSpec) -> tuple[int, str | None]:
+    """(index in the chain of the newest snapshot already copied, its copy's id), found by
+    the lineage tags fspd puts on every copy; (-1, None) when nothing has been copied."""
+    src, dest = spec.source, spec.destinations[0]
+    assert isinstance(src, EbsChainSourceSpec) and isinstance(dest, EbsDestinationSpec)
+    ec2 = await ctx.clients.client("ec2", target_for(dest))
+    resp = await ctx.retrier().run(lambda: call(
+        ec2, "DescribeSnapshots", OwnerIds=["self"],
+        Filters=[{"Name": f"tag:{SOURCE_SNAPSHOT_TAG}", "Values": list(src.snapshot_ids)},
+                 {"Name": "status", "Values": ["completed"]}]))
+    copies: dict[str, str] = {}
+    for snap in resp.get("Snapshots", []):
+        tags = {t["Key"]: t["Value"] for t in snap.get("Tags", []) or []}
+        if tags.get(SOURCE_REGION_TAG, target_for(src).region) == target_for(src).region:
+            copies[tags[SOURCE_SNAPSHOT_TAG]] = snap["SnapshotId"]
+    for index in range(len(src.snapshot_ids) - 1, -1, -1):
+        if src.snapshot_ids[index] in copies:
+            return index, copies[src.snapshot_ids[index]]
+    if dest.parent_snapshot_id:
+        return 0, dest.parent_snapshot_id
+    return -1, None
+
+
+async def _execute_chain(ctx: JobContext, spec: JobSpec, control: JobControl | None
+                         ) -> dict[str, Any]:
+    """Bring a destination up to date with a source lineage: a full copy of the first
+    snapshot if nothing was copied yet, then one sync step per newer snapshot."""
+    src, dest = spec.source, spec.destinations[0]
+    assert isinstance(src, EbsChainSourceSpec) and isinstance(dest, EbsDestinationSpec)
+    done_index, parent = await _copies_so_far(ctx, spec)
+    endpoint = {k: getattr(src, k) for k in ("region", "profile", "endpoint_url", "role_arn",
+                                              "external_id")}
+    steps: list[dict[str, Any]] = []
+    info: VolumeInfo | None = None
+    for index in range(done_index + 1, len(src.snapshot_ids)):
+        snapshot_id = src.snapshot_ids[index]
+        base = src.snapshot_ids[index - 1] if parent else None
+        step = JobSpec(
+            source=EbsSourceSpec(type="ebs", snapshot_id=snapshot_id, base_snapshot_id=base,
+                                 **endpoint),
+            destinations=[dest.model_copy(update={
+                "parent_snapshot_id": parent, "name": f"step-{index}",
+                "client_token": f"{dest.client_token}-{index}" if dest.client_token else None,
+            })])
+        source = build_source(ctx, step)
+        try:
+            info = await source.open()
+            pipeline = Pipeline(source, build_sinks(ctx, step), ctx.progress,
+                                fetch_concurrency=ctx.settings.transfer.fetch_concurrency,
+                                queue_blocks=ctx.settings.transfer.queue_blocks,
+                                control=control)
+            result = (await pipeline.run(info))[0]
+        finally:
+            await source.close()
+        parent = result["snapshot_id"]
+        steps.append({"source_snapshot_id": snapshot_id, "base_snapshot_id": base, **result})
+        log.info("chain_step_done", source=snapshot_id, copy=parent, step=index)
+    return {"source": f"chain of {len(src.snapshot_ids)} in {target_for(src).region}",
+            "volume_size": info.volume_size if info else None, "steps": steps,
+            "already_copied": done_index + 1, "latest_copy": parent,
+            "destinations": [steps[-1]] if steps else []}
 
 
 def state_dir_for(root: Path, job_id: str) -> Path:

@@ -31,6 +31,8 @@ from fspd.retry import CorruptBlock, Retrier
 log = get_logger("fspd.ebs")
 
 BYTE_LENGTH_TAG = "fspd:byte-length"
+SOURCE_SNAPSHOT_TAG = "fspd:source-snapshot"
+SOURCE_REGION_TAG = "fspd:source-region"
 SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
 
 
@@ -268,6 +270,7 @@ class EbsSnapshotSink:
         self.client_token = client_token
         self.skip_zero_blocks = skip_zero_blocks
         self.snapshot_id: str | None = None
+        self.already_complete = False
         self._skip_zero = False
         self._fill_gaps = False
         self._digests: DigestFile | None = None
@@ -276,7 +279,8 @@ class EbsSnapshotSink:
     async def open(self, info: VolumeInfo) -> None:
         size_gib = self.volume_size_gib or gib_for_bytes(info.volume_size)
         encrypted = info.encrypted if self.encrypted is None else self.encrypted
-        tags = {k: v for k, v in info.tags.items() if not k.startswith("aws:")} \
+        tags = {k: v for k, v in info.tags.items()
+                if not k.startswith(("aws:", SOURCE_SNAPSHOT_TAG, SOURCE_REGION_TAG))} \
             if self.copy_tags else {}
         if info.byte_length is not None:
             tags[BYTE_LENGTH_TAG] = str(info.byte_length)
@@ -302,6 +306,8 @@ class EbsSnapshotSink:
         ebs = await self.ctx.clients.client("ebs", self.target)
         resp = await _control(self.ctx).run(lambda: call(ebs, "StartSnapshot", **params))
         self.snapshot_id = str(resp["SnapshotId"])
+        # Same ClientToken as a finished run: the snapshot exists and is complete already.
+        self.already_complete = resp.get("Status") == "completed"
         self._grace_until = time.monotonic() + self.ctx.settings.retry.not_found_window_s
         self.ctx.progress.snapshot_ids[self.name] = self.snapshot_id
         log.info("snapshot_started", destination=self.name, snapshot_id=self.snapshot_id,
@@ -317,7 +323,7 @@ class EbsSnapshotSink:
                                    self._block_count)
 
     async def write(self, block: Block) -> bool:
-        if block.zero and self._skip_zero:
+        if (block.zero and self._skip_zero) or self.already_complete:
             return False
         if block.index >= self._block_count:
             raise TransferFailed(f"block {block.index} is beyond the {self.name} snapshot's "
@@ -337,6 +343,11 @@ class EbsSnapshotSink:
 
     async def commit(self) -> dict[str, Any]:
         assert self._digests is not None and self.snapshot_id is not None
+        if self.already_complete:
+            self._close_digests(remove=True)
+            return {"destination": self.name, "type": "ebs", "region": self.target.region,
+                    "snapshot_id": self.snapshot_id, "state": "completed",
+                    "note": "completed by an earlier run with the same ClientToken"}
         count = self._digests.written.count
         checksum = self._digests.aggregate()
         ebs = await self.ctx.clients.client("ebs", self.target)
