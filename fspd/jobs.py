@@ -13,6 +13,7 @@ import tomllib
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -101,9 +102,75 @@ class EbsDestinationSpec(AwsEndpointSpec):
         return value
 
 
-Source = Annotated[EbsSourceSpec | EbsChainSourceSpec | FileSourceSpec,
+S3Bucket = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+
+
+def _s3_prefix(value: str) -> str:
+    if (not value or value[0] == "/" or value[-1] == "/" or "//" in value
+            or any(ord(c) < 0x20 for c in value) or len(value.encode()) > 900):
+        raise ValueError("a key prefix like 'backups/vol1': no leading or trailing '/', no "
+                         "'//', no control characters, at most 900 bytes")
+    return value
+
+
+S3Prefix = Annotated[str, AfterValidator(_s3_prefix)]
+
+
+class S3SourceSpec(AwsEndpointSpec):
+    """An archive in S3 (getfroms3): fspd's format, or the key layout FSP wrote."""
+
+    type: Literal["s3"]
+    bucket: S3Bucket
+    prefix: S3Prefix
+    format: Literal["fspd", "fsp"] = "fspd"
+    # FSP never wrote an archive's last segment: restore what exists and report the gap.
+    allow_incomplete: bool = False
+
+
+class S3DestinationSpec(AwsEndpointSpec):
+    """A new archive in S3 (movetos3); see docs/archive-format.md."""
+
+    type: Literal["s3"]
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    bucket: S3Bucket
+    prefix: S3Prefix
+    storage_class: Literal["STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                           "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"] | None = None
+    sse: Literal["AES256", "aws:kms"] | None = None
+    kms_key_id: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    tags: dict[Annotated[str, Field(min_length=1, max_length=128)],
+               Annotated[str, Field(max_length=256)]] = Field(default_factory=dict)
+    zstd_level: Annotated[int, Field(ge=-7, le=22)] = 3
+    segment_blocks: Annotated[int, Field(ge=1, le=1024)] = 64
+    # The archive of the source's base_snapshot_id (a prefix in the same bucket, or
+    # s3://bucket/prefix): the new archive then holds only the blocks changed since.
+    parent_prefix: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _s3_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 10:
+            raise ValueError("S3 allows at most 10 tags per object")
+        return value
+
+    @field_validator("segment_blocks")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("segment_blocks must be a power of two (1, 2, 4, … 1024)")
+        return value
+
+    @model_validator(mode="after")
+    def _kms_needs_sse(self) -> S3DestinationSpec:
+        if self.kms_key_id and self.sse != "aws:kms":
+            raise ValueError("kms_key_id needs sse = \"aws:kms\"")
+        return self
+
+
+Source = Annotated[EbsSourceSpec | EbsChainSourceSpec | FileSourceSpec | S3SourceSpec,
                   Field(discriminator="type")]
-Destination = Annotated[EbsDestinationSpec | FileDestinationSpec, Field(discriminator="type")]
+Destination = Annotated[EbsDestinationSpec | FileDestinationSpec | S3DestinationSpec,
+                        Field(discriminator="type")]
 
 
 class JobSpec(_Strict):
@@ -168,6 +235,10 @@ class JobSpec(_Strict):
     @property
     def verb(self) -> str:
         src = self.source
+        if isinstance(src, S3SourceSpec):
+            return "getfroms3"
+        if any(d.type == "s3" for d in self.destinations):
+            return "movetos3"
         if not self.destinations:
             return "diff" if isinstance(src, EbsSourceSpec) and src.base_snapshot_id else "list"
         kinds = {d.type for d in self.destinations}
@@ -187,7 +258,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for p in loc:
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif p in ("ebs", "ebs-chain", "file") and parts:  # discriminator tag, not a field
+        elif p in ("ebs", "ebs-chain", "file", "s3") and parts:  # discriminator tag, not a field
             continue
         else:
             parts.append(str(p))
@@ -206,7 +277,7 @@ def describe_validation_error(err: ValidationError) -> BadInput:
     elif kind == "missing":
         msg = "required field is missing"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        msg = "'type' must be one of: ebs, ebs-chain, file"
+        msg = "'type' must be one of: ebs, ebs-chain, file, s3"
     elif kind == "string_pattern_mismatch" and field.endswith("snapshot_id"):
         msg = f"{first.get('input')!r} is not a snapshot id (snap-, then 8 or 17 hex digits)"
     elif kind == "string_pattern_mismatch" and field.endswith("region"):
