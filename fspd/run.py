@@ -28,6 +28,7 @@ from fspd.endpoints.ebs import (
     EbsSnapshotSource,
 )
 from fspd.endpoints.files import FileSink, FileSource
+from fspd.endpoints.s3 import archive_sink, archive_source
 from fspd.errors import BadInput, TransferFailed
 from fspd.jobs import (
     AwsEndpointSpec,
@@ -35,6 +36,8 @@ from fspd.jobs import (
     EbsDestinationSpec,
     EbsSourceSpec,
     JobSpec,
+    S3DestinationSpec,
+    S3SourceSpec,
 )
 from fspd.log import get_logger
 from fspd.pipeline import Gap, Pipeline, Sink, Source, VolumeInfo
@@ -67,6 +70,8 @@ def build_source(ctx: JobContext, spec: JobSpec) -> Source:
         if src.base_snapshot_id:
             return EbsDeltaSource(ctx, target, src.base_snapshot_id, src.snapshot_id)
         return EbsSnapshotSource(ctx, target, src.snapshot_id)
+    if isinstance(src, S3SourceSpec):
+        return archive_source(ctx, src, target_for(src))
     return FileSource(ctx, src.path)
 
 
@@ -86,6 +91,10 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
                 tags=lineage | dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
                 kms_key_arn=dest.kms_key_arn, timeout_minutes=dest.timeout_minutes,
                 client_token=_token_safe(token), skip_zero_blocks=dest.skip_zero_blocks))
+        elif isinstance(dest, S3DestinationSpec):
+            region = (target_for(spec.source).region
+                      if isinstance(spec.source, EbsSourceSpec) else None)
+            sinks.append(archive_sink(ctx, dest, name, spec.source, target_for(dest), region))
         else:
             sinks.append(FileSink(ctx, dest.path, name=name, mode=dest.mode))
     return sinks
@@ -232,6 +241,9 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
         reads = getattr(source, "reads", None)
         if reads is not None:
             base["source_reads"] = reads
+        report = getattr(source, "report", None)
+        if callable(report):  # e.g. an S3 archive: its chain, or an FSP archive's coverage
+            base["source_report"] = report()
         return base
     finally:
         await source.close()
