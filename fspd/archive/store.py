@@ -1,0 +1,252 @@
+"""S3 object I/O for archives: every error names the object (``s3://bucket/key``).
+
+Uploads carry S3's own SHA-256 checksum (x-amz-checksum-sha256), so S3 rejects a body damaged
+on the way; objects above ``settings.s3.multipart_threshold`` go up in parts, each with its own
+checksum. Reads retry network errors a few times; a missing object is never retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fspd.archive.segments import SegmentMissing
+from fspd.aws import AwsTarget, call
+from fspd.endpoints.context import JobContext
+from fspd.errors import BadInput, FspdError, PermissionProblem, TransferFailed
+from fspd.retry import ApiError, Retrier
+
+MIB = 1 << 20
+MIN_PART = 5 * MIB
+MAX_PARTS = 10_000
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    bucket: str
+    prefix: str  # no leading or trailing "/"
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def url(self, rel: str = "") -> str:
+        return f"s3://{self.bucket}/{self.key(rel) if rel else self.prefix}"
+
+
+def clean_prefix(prefix: str, field: str) -> str:
+    text = prefix.strip("/")
+    if not text or "//" in text or len(text.encode()) > 900 or any(
+            ord(c) < 0x20 for c in text):
+        raise BadInput(f"{prefix!r} is not a usable key prefix (non-empty, no '//', at most "
+                       "900 bytes)", field=field)
+    return text
+
+
+def parse_s3_url(text: str, field: str) -> S3Location:
+    """``s3://bucket/prefix`` → S3Location."""
+    if not text.startswith("s3://"):
+        raise BadInput(f"{text!r} is not an s3://bucket/prefix URL", field=field)
+    bucket, _, prefix = text[5:].partition("/")
+    if not BUCKET_RE.match(bucket):
+        raise BadInput(f"{bucket!r} is not a bucket name", field=field)
+    return S3Location(bucket, clean_prefix(prefix, field))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def tagging(tags: dict[str, str]) -> str:
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())
+
+
+class ObjectStore:
+    """One archive location in one bucket."""
+
+    def __init__(self, ctx: JobContext, target: AwsTarget, loc: S3Location) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.loc = loc
+        self._uploads: dict[str, str] = {}  # key → multipart UploadId in progress
+        s3 = ctx.settings.s3
+        self.multipart_threshold = int(s3.get("multipart_threshold", 64 * MIB))
+        self.part_size = int(s3.get("part_size", 16 * MIB))
+        if self.part_size < MIN_PART:
+            raise BadInput(f"must be at least {MIN_PART} bytes (S3's minimum part size)",
+                           field="s3.part_size")
+
+    async def client(self) -> Any:
+        return await self.ctx.clients.client("s3", self.target)
+
+    def _retrier(self) -> Retrier:
+        retrier = self.ctx.retrier()
+        retrier.max_attempts = min(retrier.max_attempts, 4)
+        return retrier
+
+    def _error(self, exc: ApiError, rel: str) -> FspdError:
+        url = self.loc.url(rel)
+        if exc.code in _MISSING:
+            return SegmentMissing(f"{url} does not exist ({exc.operation}: {exc.code})")
+        if exc.code == "NoSuchBucket":
+            return BadInput(f"bucket {self.loc.bucket} does not exist ({self.target.describe()})",
+                            field="bucket")
+        if exc.code in ("AccessDenied", "Forbidden", "403") or exc.status == 403:
+            return PermissionProblem(f"AWS refused {exc.operation} on {url}: the credentials "
+                                     f"need s3:{exc.operation}. AWS said: {exc.message}")
+        if exc.code == "InvalidObjectState":
+            return TransferFailed(f"{url} is archived (Glacier storage class); restore it "
+                                  "to a readable class before reading the archive")
+        return TransferFailed(f"{exc.operation} {url} failed: {exc.code}: {exc.message}")
+
+    async def _run(self, rel: str, fn: Callable[[], Any]) -> Any:
+        async def attempt() -> Any:
+            try:
+                return await fn()
+            except ApiError as exc:
+                if exc.status >= 500 or exc.code in ("SlowDown", "RequestTimeout",
+                                                     "InternalError"):
+                    raise
+                raise self._error(exc, rel) from None
+        return await self._retrier().run(attempt)
+
+    async def head(self, rel: str) -> dict[str, Any] | None:
+        s3 = await self.client()
+        try:
+            return await self._run(rel, lambda: call(s3, "HeadObject", Bucket=self.loc.bucket,
+                                                     Key=self.loc.key(rel)))
+        except SegmentMissing:
+            return None
+
+    async def get(self, rel: str) -> bytes:
+        s3 = await self.client()
+
+        async def fetch() -> bytes:
+            resp = await call(s3, "GetObject", Bucket=self.loc.bucket, Key=self.loc.key(rel))
+            async with resp["Body"] as body:
+                return bytes(await body.read())
+        return await self._run(rel, fetch)
+
+    async def download(self, rel: str, path: Path) -> str:
+        """Stream an object to a local file; return the hex SHA-256 of its bytes."""
+        s3 = await self.client()
+
+        async def fetch() -> str:
+            sha = hashlib.sha256()
+            resp = await call(s3, "GetObject", Bucket=self.loc.bucket, Key=self.loc.key(rel))
+            with path.open("wb") as out:
+                async with resp["Body"] as body:
+                    async for chunk in body.iter_chunks(MIB):
+                        sha.update(chunk)
+                        await self.ctx.offload(out.write, chunk)
+            return sha.hexdigest()
+        return await self._run(rel, fetch)
+
+    async def put(self, rel: str, body: bytes, sha256: bytes, extra: dict[str, Any], *,
+                  if_none_match: bool = False) -> None:
+        if len(body) > self.multipart_threshold:
+            chunks = [body[i:i + self.part_size] for i in range(0, len(body), self.part_size)]
+
+            async def parts() -> AsyncIterator[bytes]:
+                for chunk in chunks:
+                    yield chunk
+            await self._multipart(rel, parts(), extra)
+            return
+        s3 = await self.client()
+        params = dict(extra, Bucket=self.loc.bucket, Key=self.loc.key(rel), Body=body,
+                      ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha256))
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        try:
+            await self._run(rel, lambda: call(s3, "PutObject", **params))
+        except TransferFailed as exc:
+            if "PreconditionFailed" in str(exc):
+                raise TransferFailed(f"{self.loc.url(rel)} appeared while this job ran "
+                                     "(another job wrote the same archive?)") from None
+            raise
+
+    async def put_file(self, rel: str, path: Path, extra: dict[str, Any], *,
+                       if_none_match: bool = False) -> None:
+        size = (await self.ctx.offload(path.stat)).st_size
+        if size <= self.multipart_threshold:
+            data = await self.ctx.offload(path.read_bytes)
+            await self.put(rel, data, hashlib.sha256(data).digest(), extra,
+                           if_none_match=if_none_match)
+            return
+        part = max(self.part_size, -(-size // MAX_PARTS))
+
+        async def parts() -> AsyncIterator[bytes]:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for offset in range(0, size, part):
+                    yield await self.ctx.offload(os.pread, fd, part, offset)
+            finally:
+                os.close(fd)
+        await self._multipart(rel, parts(), extra)
+
+    async def _multipart(self, rel: str, parts: AsyncIterator[bytes],
+                         extra: dict[str, Any]) -> None:
+        s3 = await self.client()
+        bucket, key = self.loc.bucket, self.loc.key(rel)
+        resp = await self._run(rel, lambda: call(
+            s3, "CreateMultipartUpload", Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
+            **extra))
+        upload_id = str(resp["UploadId"])
+        self._uploads[key] = upload_id
+        done: list[dict[str, Any]] = []
+        try:
+            number = 0
+            async for chunk in parts:
+                number += 1
+                checksum = _b64(await self.ctx.offload(lambda c=chunk: hashlib.sha256(c)
+                                                       .digest()))
+                part = await self._run(rel, lambda n=number, c=chunk, s=checksum: call(
+                    s3, "UploadPart", Bucket=bucket, Key=key, UploadId=upload_id,
+                    PartNumber=n, Body=c, ChecksumAlgorithm="SHA256", ChecksumSHA256=s))
+                done.append({"PartNumber": number, "ETag": part["ETag"],
+                             "ChecksumSHA256": checksum})
+            await self._run(rel, lambda: call(
+                s3, "CompleteMultipartUpload", Bucket=bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": done}))
+        except BaseException:
+            await self._abort_upload(key, upload_id)
+            raise
+        self._uploads.pop(key, None)
+
+    async def _abort_upload(self, key: str, upload_id: str) -> None:
+        self._uploads.pop(key, None)
+        s3 = await self.client()
+        # If this fails too, an S3 lifecycle rule cleans up abandoned uploads.
+        with contextlib.suppress(ApiError, OSError):
+            await call(s3, "AbortMultipartUpload", Bucket=self.loc.bucket, Key=key,
+                       UploadId=upload_id)
+
+    async def abort_all(self) -> None:
+        for key, upload_id in list(self._uploads.items()):
+            await self._abort_upload(key, upload_id)
+
+    async def list_names(self) -> AsyncIterator[str]:
+        """Object names directly below the prefix (``prefix/NAME``), in S3's order."""
+        s3 = await self.client()
+        base = self.loc.key("")
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.loc.bucket, "Prefix": base,
+                                      "Delimiter": "/"}
+            if token:
+                params["ContinuationToken"] = token
+            page = await self._run("", lambda p=params: call(s3, "ListObjectsV2", **p))
+            for obj in page.get("Contents", []) or []:
+                yield str(obj["Key"])[len(base):]
+            token = page.get("NextContinuationToken")
+            if not token:
+                return

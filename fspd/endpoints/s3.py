@@ -1,0 +1,472 @@
+"""S3 archives as a sink (movetos3) and as a source (getfroms3); format in docs/archive-format.md.
+
+The sink groups blocks by aligned window (``segment_blocks``): the pipeline's ``listed`` hook
+says which blocks a window will get, so a window is packed as soon as its last block arrives.
+Packing (zstd) runs on the job's thread pool. The manifest is kept in a local file as windows
+finish, in block order, and uploaded last.
+
+The source plans the restore from the manifests (and parents) and keeps at most a few windows
+of verified blocks in memory: a loader walks the plan ahead of the fetchers, and a window is
+dropped once its last block has been handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fspd.archive import MANIFEST_NAME
+from fspd.archive.fsp_import import Coverage, incomplete_message, index_segments, parse_dir
+from fspd.archive.manifest import (
+    Header,
+    ManifestError,
+    ManifestWriter,
+    ParentRef,
+    Record,
+    Segment,
+    Zeros,
+)
+from fspd.archive.reader import (
+    Level,
+    WindowPlan,
+    chain_windows,
+    fsp_windows,
+    load_piece,
+    open_chain,
+)
+from fspd.archive.segments import pack, runs
+from fspd.archive.store import ObjectStore, S3Location, clean_prefix, parse_s3_url, tagging
+from fspd.aws import AwsTarget
+from fspd.blocks import GIB, Block, BlockRef, Kind
+from fspd.endpoints.context import JobContext
+from fspd.errors import BadInput, TransferFailed
+from fspd.jobs import S3DestinationSpec, S3SourceSpec
+from fspd.log import get_logger
+from fspd.pipeline import Gap, VolumeInfo
+
+log = get_logger("fspd.s3")
+
+
+@dataclass
+class _Window:
+    """Blocks of one aligned window on their way into segments."""
+
+    number: int
+    expected: int = 0
+    received: int = 0
+    blocks: list[Block] = field(default_factory=list)
+    zeros: list[int] = field(default_factory=list)
+    state: str = "open"  # open → ready → packing → done
+    records: list[Record] = field(default_factory=list)
+
+
+class S3ArchiveSink:
+    """Writes an archive: segments as windows complete, the manifest last."""
+
+    def __init__(self, ctx: JobContext, target: AwsTarget, loc: S3Location, *, name: str,
+                 source: dict[str, Any], segment_blocks: int, zstd_level: int,
+                 storage_class: str | None = None, sse: str | None = None,
+                 kms_key_id: str | None = None, tags: dict[str, str] | None = None,
+                 parent: S3Location | None = None, base_snapshot_id: str | None = None
+                 ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.concurrency = max(2, ctx.settings.transfer.worker_threads * 2)
+        self.store = ObjectStore(ctx, target, loc)
+        self.source = source
+        self.width = segment_blocks
+        self.level = zstd_level
+        self.parent_loc = parent
+        self.base_snapshot_id = base_snapshot_id
+        self._extra: dict[str, Any] = {}
+        if sse:
+            self._extra["ServerSideEncryption"] = sse
+        if kms_key_id:
+            self._extra["SSEKMSKeyId"] = kms_key_id
+        if tags:
+            self._extra["Tagging"] = tagging(tags)
+        self._segment_extra = dict(self._extra)
+        if storage_class:
+            self._segment_extra["StorageClass"] = storage_class
+        self._windows: OrderedDict[int, _Window] = OrderedDict()
+        self._ready: deque[_Window] = deque()
+        self._gaps: deque[tuple[int, int]] = deque()
+        self._frontier = 0
+        self._listing_done = False
+        self._incremental = False
+        self._writer: ManifestWriter | None = None
+        self._parent_url: str | None = None
+
+    async def open(self, info: VolumeInfo) -> None:
+        loc = self.store.loc
+        if await self.store.head(MANIFEST_NAME) is not None:
+            raise BadInput(f"an archive already exists at {loc.url()} (archives are never "
+                           "overwritten; choose another prefix)", field=f"{self.name}.prefix")
+        parent = await self._parent()
+        self._incremental = parent is not None
+        header = Header(
+            source=self.source, volume_size=info.volume_size, byte_length=info.byte_length,
+            segment_blocks=self.width, zstd_level=self.level,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            parent=parent, origin=info.origin, description=info.description,
+            tags=dict(info.tags), encrypted=info.encrypted)
+        self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ctx.state_dir / f"{self.name}.manifest.jsonl"
+        self._writer = ManifestWriter(path, header)
+        log.info("archive_started", destination=self.name, url=loc.url(),
+                 parent=self._parent_url, segment_blocks=self.width, zstd_level=self.level)
+
+    async def _parent(self) -> ParentRef | None:
+        field = f"{self.name}.parent_prefix"
+        if self.parent_loc is None:
+            if self.base_snapshot_id:
+                raise BadInput("an archive of the blocks changed since base_snapshot_id "
+                               f"{self.base_snapshot_id} needs parent_prefix: the archive of "
+                               f"{self.base_snapshot_id}", field=field)
+            return None
+        if not self.base_snapshot_id:
+            raise BadInput("parent_prefix needs a source of changed blocks (an ebs source "
+                           "with base_snapshot_id)", field=field)
+        pstore = ObjectStore(self.ctx, self.store.target, self.parent_loc)
+        self._parent_url = self.parent_loc.url()
+        try:
+            chain = await open_chain(self.ctx, pstore, self.ctx.state_dir, f"{self.name}.parent")
+        except ManifestError as exc:
+            raise BadInput(str(exc), field=field) from None
+        level = chain[0]
+        for other in chain:
+            other.manifest.path.unlink(missing_ok=True)
+        src = level.manifest.header.source
+        if src.get("snapshot_id") != self.base_snapshot_id:
+            raise BadInput(f"parent archive {self._parent_url} holds "
+                           f"{src.get('snapshot_id') or src.get('path') or src}, but the "
+                           f"changed blocks are relative to {self.base_snapshot_id}",
+                           field=field)
+        return ParentRef(self.parent_loc.bucket, self.parent_loc.prefix, level.sha256, src)
+
+    # The pipeline's listing hooks: called in listing order, before blocks are fetched.
+    def listed(self, entry: BlockRef | Gap) -> None:
+        if isinstance(entry, Gap):
+            if self._incremental:  # in a delta, unlisted blocks read zeros (volume growth)
+                self._gaps.append((entry.start, entry.stop))
+            self._frontier = entry.stop
+        else:
+            number = entry.index // self.width
+            window = self._windows.get(number)
+            if window is None:
+                window = self._windows[number] = _Window(number)
+            window.expected += 1
+            self._frontier = entry.index + 1
+        self._mark_ready()
+
+    def listing_done(self) -> None:
+        self._listing_done = True
+        self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        for window in self._windows.values():
+            if (window.state == "open" and window.received == window.expected
+                    and (self._listing_done
+                         or self._frontier >= (window.number + 1) * self.width)):
+                window.state = "ready"
+                self._ready.append(window)
+
+    async def write(self, block: Block) -> bool:
+        window = self._windows[block.index // self.width]
+        window.received += 1
+        if block.zero:
+            window.zeros.append(block.index)
+        else:
+            window.blocks.append(block)
+        self._mark_ready()
+        await self._drain()
+        return not block.zero
+
+    async def gap(self, gap: Gap) -> None:
+        return None  # recorded from listed(), in order
+
+    async def _drain(self) -> None:
+        while self._ready:
+            await self._pack(self._ready.popleft())
+
+    async def _pack(self, window: _Window) -> None:
+        window.state = "packing"
+        blocks = sorted(window.blocks, key=lambda b: b.index)
+        window.blocks = []
+        segments = await asyncio.gather(*(self._put_run(run) for run in runs(blocks)))
+        del blocks
+        records: list[Record] = list(segments)
+        for run in _index_runs(sorted(window.zeros)):
+            records.append(Zeros(*run))
+        window.records = sorted(records, key=lambda r: r.first)
+        window.zeros = []
+        window.state = "done"
+        self._emit()
+
+    async def _put_run(self, run: list[Block]) -> Segment:
+        packed = await self.ctx.offload(pack, run, self.level)
+        await self.store.put(packed.record.key, packed.body, packed.sha256,
+                             self._segment_extra)
+        return packed.record
+
+    def _emit(self) -> None:
+        """Append finished windows to the manifest, in block order."""
+        assert self._writer is not None
+        while self._windows:
+            number, window = next(iter(self._windows.items()))
+            if window.state != "done":
+                return
+            del self._windows[number]
+            for rec in window.records:
+                self._emit_gaps(rec.first)
+                if isinstance(rec, Zeros):
+                    self._writer.zeros(rec.start, rec.stop)
+                else:
+                    self._writer.segment(rec)
+
+    def _emit_gaps(self, before: int | None) -> None:
+        assert self._writer is not None
+        while self._gaps and (before is None or self._gaps[0][0] < before):
+            self._writer.zeros(*self._gaps.popleft())
+
+    async def commit(self) -> dict[str, Any]:
+        assert self._writer is not None
+        await self._drain()
+        if self._windows:
+            number = next(iter(self._windows))
+            raise TransferFailed(f"{self.name}: window {number} never received all its "
+                                 "blocks (internal error); no manifest was written")
+        self._emit_gaps(None)
+        trailer = self._writer.finish()
+        await self.store.put_file(MANIFEST_NAME, self._writer.path, self._extra,
+                                  if_none_match=True)
+        self._writer.path.unlink(missing_ok=True)
+        loc = self.store.loc
+        log.info("archive_completed", destination=self.name, url=loc.url(),
+                 segments=trailer.segments, stored_blocks=trailer.stored_blocks)
+        return {"destination": self.name, "type": "s3", "url": loc.url(),
+                "manifest": loc.url(MANIFEST_NAME), "parent": self._parent_url,
+                "segments": trailer.segments, "stored_blocks": trailer.stored_blocks,
+                "zero_blocks": trailer.zero_blocks, "stored_bytes": trailer.stored_bytes,
+                "state": "completed"}
+
+    async def abort(self, error: BaseException) -> dict[str, Any]:
+        if self._writer is not None:
+            self._writer.close()
+        await self.store.abort_all()
+        loc = self.store.loc
+        return {"destination": self.name, "type": "s3", "url": loc.url(), "state": "failed",
+                "error": str(error),
+                "note": f"no manifest was written, so {loc.url()} is not an archive; segments "
+                        f"already uploaded under {loc.url('segments/')} can be removed"}
+
+
+def _index_runs(indexes: list[int]) -> Iterator[tuple[int, int]]:
+    start = prev = -2
+    for i in indexes:
+        if i != prev + 1:
+            if start >= 0:
+                yield start, prev + 1
+            start = i
+        prev = i
+    if start >= 0:
+        yield start, prev + 1
+
+
+@dataclass
+class _Resident:
+    plan: WindowPlan
+    task: asyncio.Task[list[dict[int, Block]]]
+    remaining: int
+    owner: dict[int, int]  # block index → piece number
+
+
+class S3ArchiveSource:
+    """Restores an archive (fspd format, with its parents) or imports an FSP archive."""
+
+    def __init__(self, ctx: JobContext, target: AwsTarget, loc: S3Location, *,
+                 fmt: str = "fspd", allow_incomplete: bool = False) -> None:
+        self.ctx = ctx
+        self.store = ObjectStore(ctx, target, loc)
+        self.fmt = fmt
+        self.allow_incomplete = allow_incomplete
+        self.levels: list[Level] = []
+        self._fsp: list[Any] = []
+        self.coverage: Coverage | None = None
+        self.total = 0
+        self._max_resident = max(2, ctx.settings.transfer.worker_threads)
+        self._slots = asyncio.Semaphore(self._max_resident)
+        self._resident: list[_Resident] = []
+        self._changed = asyncio.Condition()
+        self._loader: asyncio.Task[None] | None = None
+        self._loader_error: BaseException | None = None
+        self._loader_done = False
+        self.reads = 0
+
+    async def open(self) -> VolumeInfo:
+        loc = self.store.loc
+        if self.fmt == "fsp":
+            return await self._open_fsp()
+        try:
+            self.levels = await open_chain(self.ctx, self.store, self.ctx.state_dir, "source")
+        except ManifestError:
+            if await self._looks_like_fsp():
+                raise BadInput(f"{loc.url()} holds an FSP archive, not an fspd one; set "
+                               "format = \"fsp\" (--format fsp)", field="source.format") from None
+            raise
+        header = self.levels[0].manifest.header
+        self.total = header.block_count
+        chain = " ← ".join(level.url for level in self.levels)
+        return VolumeInfo(volume_size=header.volume_size, byte_length=header.byte_length,
+                          encrypted=False, description=header.description,
+                          tags=dict(header.tags), origin=f"archive {chain}")
+
+    async def _looks_like_fsp(self) -> bool:
+        try:
+            parse_dir(self.store.loc.prefix)
+        except BadInput:
+            return False
+        return True
+
+    async def _open_fsp(self) -> VolumeInfo:
+        loc = self.store.loc
+        snapshot_id, gib = parse_dir(loc.prefix)
+        names = [n async for n in self.store.list_names()]
+        if not names:
+            raise TransferFailed(f"no FSP archive at {loc.url()}: the prefix holds no objects")
+        segments, cov = await self.ctx.offload(index_segments, names, gib, loc.url() + "/")
+        self._fsp, self.coverage, self.total = segments, cov, cov.volume_blocks
+        if cov.tail is not None:
+            if not self.allow_incomplete:
+                raise TransferFailed(incomplete_message(loc.url(), cov))
+            log.warning("fsp_archive_incomplete", url=loc.url(), tail=list(cov.tail),
+                        uncovered_blocks=cov.uncovered_blocks)
+        return VolumeInfo(volume_size=gib * GIB,
+                          origin=f"FSP archive {loc.url()} of {snapshot_id}")
+
+    def report(self) -> dict[str, Any]:
+        """What the result should say about the archive read (chain, FSP coverage)."""
+        out: dict[str, Any] = {"url": self.store.loc.url(), "format": self.fmt}
+        if self.levels:
+            out["chain"] = [level.url for level in self.levels]
+        if self.coverage is not None:
+            out["coverage"] = self.coverage.to_dict()
+            out["complete"] = self.coverage.tail is None
+        return out
+
+    def _plans(self) -> Iterator[WindowPlan]:
+        if self.fmt == "fsp":
+            return fsp_windows(self._fsp)
+        return chain_windows(self.levels)
+
+    async def entries(self) -> AsyncIterator[BlockRef | Gap]:
+        next_index = 0
+        for plan in self._plans():
+            for index, kind, _piece in plan.entries:
+                if index > next_index:
+                    yield Gap(next_index, index)
+                yield BlockRef(index, kind)
+                next_index = index + 1
+        if next_index < self.total:
+            yield Gap(next_index, self.total)
+
+    async def fetch(self, ref: BlockRef) -> Block:
+        if self._loader is None:
+            self._loader = asyncio.create_task(self._load_ahead())
+        window = await self._window_for(ref.index)
+        pieces = await asyncio.shield(window.task)
+        block = pieces[window.owner[ref.index]].pop(ref.index)
+        self.reads += 1
+        window.remaining -= 1
+        if window.remaining == 0:
+            self._resident.remove(window)
+            self._slots.release()
+        return block
+
+    async def _window_for(self, index: int) -> _Resident:
+        async with self._changed:
+            while True:
+                for window in self._resident:
+                    if window.plan.start <= index < window.plan.stop:
+                        return window
+                if self._loader_error is not None:
+                    raise self._loader_error
+                if self._loader_done:
+                    raise TransferFailed(f"block {index} is not in the restore plan "
+                                         "(internal error)")
+                await self._changed.wait()
+
+    async def _load_ahead(self) -> None:
+        """Start loading windows in plan order, at most ``_max_resident`` at a time."""
+        try:
+            for plan in self._plans():
+                owner = {i: p for i, kind, p in plan.entries if kind is Kind.DATA}
+                if not owner:
+                    continue
+                await self._slots.acquire()
+                task = asyncio.create_task(self._load(plan))
+                async with self._changed:
+                    self._resident.append(_Resident(plan, task, len(owner), owner))
+                    self._changed.notify_all()
+        except Exception as exc:
+            self._loader_error = exc
+        async with self._changed:
+            self._loader_done = True
+            self._changed.notify_all()
+
+    async def _load(self, plan: WindowPlan) -> list[dict[int, Block]]:
+        wanted = plan.wanted()
+        stores = [self.levels[p.level].store if self.levels else self.store
+                  for p in plan.pieces]
+        return list(await asyncio.gather(*(
+            load_piece(self.ctx, store, piece, want)
+            for store, piece, want in zip(stores, plan.pieces, wanted, strict=True))))
+
+    async def close(self) -> None:
+        tasks = [w.task for w in self._resident]
+        if self._loader is not None:
+            tasks.append(self._loader)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._resident.clear()
+        for level in self.levels:
+            level.manifest.path.unlink(missing_ok=True)
+
+
+
+def archive_source(ctx: JobContext, spec: S3SourceSpec, target: AwsTarget) -> S3ArchiveSource:
+    loc = S3Location(spec.bucket, clean_prefix(spec.prefix, "source.prefix"))
+    return S3ArchiveSource(ctx, target, loc, fmt=spec.format,
+                           allow_incomplete=spec.allow_incomplete)
+
+
+def archive_sink(ctx: JobContext, spec: S3DestinationSpec, name: str, source: Any,
+                 target: AwsTarget, source_region: str | None = None) -> S3ArchiveSink:
+    loc = S3Location(spec.bucket, clean_prefix(spec.prefix, f"{name}.prefix"))
+    parent = None
+    if spec.parent_prefix:
+        field = f"{name}.parent_prefix"
+        parent = (parse_s3_url(spec.parent_prefix, field)
+                  if spec.parent_prefix.startswith("s3://")
+                  else S3Location(spec.bucket, clean_prefix(spec.parent_prefix, field)))
+    described: dict[str, Any] = {"type": source.type}
+    base = None
+    if source.type == "ebs":
+        described.update(snapshot_id=source.snapshot_id, region=source_region)
+        base = source.base_snapshot_id
+        if base:
+            described["base_snapshot_id"] = base
+    elif source.type == "file":
+        described["path"] = source.path
+    elif source.type == "s3":
+        described["url"] = f"s3://{source.bucket}/{source.prefix}"
+    return S3ArchiveSink(ctx, target, loc, name=name, source=described,
+                         segment_blocks=spec.segment_blocks, zstd_level=spec.zstd_level,
+                         storage_class=spec.storage_class, sse=spec.sse,
+                         kms_key_id=spec.kms_key_id, tags=spec.tags, parent=parent,
+                         base_snapshot_id=base)
