@@ -222,8 +222,10 @@ class Pipeline:
                         item.skipped = False
                     self._account(item, skipped=item.skipped)
             except (TimeoutError, FspdError, OSError) as exc:
+                if len(self.sinks) > 1 and isinstance(exc, FspdError):
+                    exc = type(exc)(f"destination {st.sink.name}: {exc}")
                 if st.policy != "drop" or len(self.sinks) == 1:
-                    raise
+                    raise exc from None
                 st.error = exc
                 self.progress.error(f"{st.sink.name}: {exc}")
                 self.progress.destinations.setdefault(st.sink.name, {})["state"] = "dropped"

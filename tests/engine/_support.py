@@ -116,3 +116,37 @@ def assert_matches_snapshot(path: Path, emulator: Any, snapshot_id: str,
             want = emulator.image(snapshot_id, region=region, offset=offset,
                                   length=min(chunk, size - offset))
             assert f.read(len(want)) == want, f"differs in [{offset}, {offset + len(want)})"
+
+
+async def put_snapshot(ebs: Any, blocks: dict[int, bytes], *, parent: str | None = None,
+                       volume_size: int = 1, **start: Any) -> str:
+    """Build a snapshot with a plain aiobotocore client (independent of fspd's own code):
+    ``blocks`` maps index → bytes (zero-padded to a block; b"" writes a zero block)."""
+    import base64
+    import hashlib
+
+    params: dict[str, Any] = {"VolumeSize": volume_size, **start}
+    if parent:
+        params["ParentSnapshotId"] = parent
+    snap = (await ebs.start_snapshot(**params))["SnapshotId"]
+    digests = []
+    for index in sorted(blocks):
+        data = blocks[index].ljust(BLOCK_SIZE, b"\0")
+        raw = hashlib.sha256(data).digest()
+        digests.append(raw)
+        await ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=index, BlockData=data,
+                                     DataLength=BLOCK_SIZE, ChecksumAlgorithm="SHA256",
+                                     Checksum=base64.b64encode(raw).decode())
+    aggregate = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
+    await ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=len(blocks),
+                                Checksum=aggregate, ChecksumAlgorithm="SHA256",
+                                ChecksumAggregationMethod="LINEAR")
+    return str(snap)
+
+
+def same_volume(emulator: Any, a: tuple[str, str], b: tuple[str, str], blocks: range) -> None:
+    """Two snapshots (id, region) read the same over ``blocks`` (compared block by block)."""
+    for index in blocks:
+        left = emulator.image(a[0], region=a[1], offset=index * BLOCK_SIZE, length=BLOCK_SIZE)
+        right = emulator.image(b[0], region=b[1], offset=index * BLOCK_SIZE, length=BLOCK_SIZE)
+        assert left == right, f"block {index} differs between {a} and {b}"
