@@ -28,7 +28,10 @@ from fspd.errors import BadInput
 MAX_JOB_FILE_BYTES = 1 << 20
 SNAPSHOT_ID_RE = r"^snap-[0-9a-f]{8}(?:[0-9a-f]{9})?$"
 REGION_RE = r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$"
-VERBS = ("list", "diff", "download", "deltadownload", "upload")
+VERBS = ("list", "diff", "download", "deltadownload", "upload", "copy", "sync", "fanout",
+         "multiclone")
+SNAPSHOT_OPTIONS = ("parent_snapshot_id", "description", "tags", "encrypted", "kms_key_arn",
+                    "timeout_minutes", "client_token", "volume_size_gib")
 
 
 class _Strict(BaseModel):
@@ -305,6 +308,18 @@ def from_verb(data: dict[str, Any]) -> dict[str, Any]:
             raise BadInput(f"required for verb {verb!r}", field=key)
         return data.pop(key)
 
+    def snapshot_options() -> dict[str, Any]:
+        return {k: data.pop(k) for k in SNAPSHOT_OPTIONS if k in data}
+
+    def dest_endpoint(region: Any) -> dict[str, Any]:
+        """The destination's endpoint: its own region, and its own profile/role/endpoint
+        when given (cross-account), else the source's."""
+        end = {k: v for k, v in aws.items() if k not in ("region", "role_arn", "external_id")}
+        for key in ("profile", "endpoint_url", "role_arn", "external_id"):
+            if f"destination_{key}" in data:
+                end[key] = data.pop(f"destination_{key}")
+        return {**end, "region": region}
+
     if verb == "list":
         out["source"] = {"type": "ebs", "snapshot_id": need("snapshot_id"), **aws}
     elif verb == "diff":
@@ -318,13 +333,31 @@ def from_verb(data: dict[str, Any]) -> dict[str, Any]:
                          "snapshot_id": need("second_snapshot_id"), **aws}
         out["destinations"] = [{"type": "file", "path": need("path"), "mode": "in-place"}]
     elif verb == "upload":
-        dest: dict[str, Any] = {"type": "ebs", **aws}
-        for key in ("parent_snapshot_id", "description", "tags", "encrypted", "kms_key_arn",
-                    "timeout_minutes", "client_token", "volume_size_gib"):
-            if key in data:
-                dest[key] = data.pop(key)
         out["source"] = {"type": "file", "path": need("path")}
-        out["destinations"] = [dest]
+        out["destinations"] = [{"type": "ebs", **aws, **snapshot_options()}]
+    elif verb in ("copy", "sync"):
+        out["source"] = {"type": "ebs", "snapshot_id": need("snapshot_id"), **aws}
+        if verb == "sync":
+            out["source"]["base_snapshot_id"] = need("base_snapshot_id")
+        out["destinations"] = [{"type": "ebs", **dest_endpoint(need("destination_region")),
+                                **snapshot_options()}]
+        if verb == "sync":
+            out["destinations"][0]["parent_snapshot_id"] = need("parent_snapshot_id")
+    elif verb == "fanout":
+        out["source"] = {"type": "file", "path": need("path")}
+        regions = need("destination_regions")
+        if not isinstance(regions, list) or not regions:
+            raise BadInput("a non-empty list of regions", field="destination_regions")
+        options = snapshot_options()
+        out["destinations"] = [{"type": "ebs", **dest_endpoint(r), **options} for r in regions]
+    elif verb == "multiclone":
+        out["source"] = {"type": "ebs", "snapshot_id": need("snapshot_id"), **aws}
+        paths = need("paths")
+        if not isinstance(paths, list) or not paths:
+            raise BadInput("a non-empty list of paths", field="paths")
+        out["destinations"] = [{"type": "file", "path": p} for p in paths]
+    if "on_destination_failure" in data:
+        out["on_destination_failure"] = data.pop("on_destination_failure")
     if data:
         raise BadInput(f"unknown field for verb {verb!r}", field=sorted(data)[0])
     return out
