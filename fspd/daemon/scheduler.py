@@ -221,6 +221,7 @@ class Scheduler:
                     continue
                 rec.lock_fd, rec.box = fd, "active"
             rec.task = asyncio.create_task(self._run(rec), name=f"job {rec.id}")
+            rec.task.add_done_callback(lambda _task: self.dispatch())  # its slot is free now
 
     async def _run(self, rec: JobRecord) -> None:
         rec.state = "paused" if rec.control.paused else "running"
@@ -258,7 +259,6 @@ class Scheduler:
             if rec.lock_fd is not None:
                 os.close(rec.lock_fd)
                 rec.lock_fd = None
-        self.dispatch()
 
     def _account(self, rec: JobRecord) -> None:
         p = rec.progress
