@@ -65,16 +65,85 @@ def register(subparsers: Any) -> None:
     p = add("upload", "make a new snapshot from a file or block device")
     p.add_argument("path")
     p.add_argument("--parent", dest="parent_snapshot_id", help="parent snapshot id")
-    p.add_argument("--description")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--encrypted", action="store_true", default=None)
-    p.add_argument("--kms-key-arn")
-    p.add_argument("--timeout-minutes", type=int)
-    p.add_argument("--client-token")
+    _snapshot_options(p)
     _global_options(p)
-    p.set_defaults(handler=_verb("upload", ["path", "parent_snapshot_id", "description",
-                                            "encrypted", "kms_key_arn", "timeout_minutes",
-                                            "client_token"]))
+    p.set_defaults(handler=_verb("upload", ["path", "parent_snapshot_id", *SNAPSHOT_KEYS]))
+
+    p = add("copy", "copy a snapshot to another region and/or account, block by block")
+    p.add_argument("snapshot_id")
+    _destination_options(p)
+    _snapshot_options(p)
+    _global_options(p)
+    p.set_defaults(handler=_verb("copy", ["snapshot_id", *DEST_KEYS, *SNAPSHOT_KEYS]))
+
+    p = add("sync", "write the changes A→B onto a new snapshot whose parent C is a copy of A")
+    p.add_argument("base_snapshot_id", metavar="A")
+    p.add_argument("snapshot_id", metavar="B")
+    p.add_argument("parent_snapshot_id", metavar="C")
+    _destination_options(p)
+    _snapshot_options(p)
+    _global_options(p)
+    p.set_defaults(handler=_verb("sync", ["base_snapshot_id", "snapshot_id",
+                                          "parent_snapshot_id", *DEST_KEYS, *SNAPSHOT_KEYS]))
+
+    p = add("fanout", "upload a file or device to a new snapshot in each region, reading once")
+    p.add_argument("path")
+    p.add_argument("destination_regions", nargs="+", metavar="REGION",
+                   help="regions, or @FILE with one region per line")
+    _snapshot_options(p)
+    _global_options(p)
+    p.set_defaults(handler=_verb("fanout", ["path", "destination_regions", *SNAPSHOT_KEYS]))
+
+    p = add("multiclone", "download a snapshot to several files or devices, fetching once")
+    p.add_argument("snapshot_id")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="targets, or @FILE with one path per line")
+    p.add_argument("--drop-failed", action="store_const", const="drop",
+                   dest="on_destination_failure",
+                   help="carry on without a destination that fails (default: fail the job)")
+    _global_options(p)
+    p.set_defaults(handler=_verb("multiclone", ["snapshot_id", "paths",
+                                                "on_destination_failure"]))
+
+
+SNAPSHOT_KEYS = ["description", "encrypted", "kms_key_arn", "timeout_minutes", "client_token"]
+DEST_KEYS = ["destination_region", "destination_profile", "destination_endpoint_url",
+             "destination_role_arn", "destination_external_id"]
+
+
+def _snapshot_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("new snapshot")
+    g.add_argument("--description")
+    g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--encrypted", action="store_true", default=None)
+    g.add_argument("--kms-key-arn")
+    g.add_argument("--timeout-minutes", type=int)
+    g.add_argument("--client-token", help="idempotency token: a retry lands on one snapshot")
+
+
+def _destination_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("destination")
+    g.add_argument("-d", "--destination-region", required=True)
+    g.add_argument("--destination-profile")
+    g.add_argument("--destination-endpoint-url")
+    g.add_argument("--destination-role-arn", help="role to assume for the destination")
+    g.add_argument("--destination-external-id")
+
+
+def _expand_list(values: list[str], field: str) -> list[str]:
+    """Arguments, where @FILE stands for the file's non-empty lines (FSP's list files)."""
+    out: list[str] = []
+    for value in values:
+        if value.startswith("@"):
+            try:
+                lines = Path(value[1:]).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BadInput(f"cannot read {value[1:]}: {exc}", field=field) from None
+            out += [line.strip() for line in lines if line.strip()
+                    and not line.lstrip().startswith("#")]
+        else:
+            out.append(value)
+    return out
 
 
 def _verb(verb: str, keys: list[str]) -> Any:
@@ -82,8 +151,15 @@ def _verb(verb: str, keys: list[str]) -> Any:
         data: dict[str, Any] = {"verb": verb}
         for key in keys:
             value = getattr(args, key, None)
-            if value is not None:
-                data[key] = str(Path(value).absolute()) if key == "path" else value
+            if value is None:
+                continue
+            if key == "path":
+                value = str(Path(value).absolute())
+            elif key == "paths":
+                value = [str(Path(v).absolute()) for v in _expand_list(value, key)]
+            elif key == "destination_regions":
+                value = _expand_list(value, key)
+            data[key] = value
         tags = getattr(args, "tag", [])
         if tags:
             pairs = {}

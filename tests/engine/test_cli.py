@@ -105,3 +105,26 @@ def test_job_file_runs_a_download(emulator: EmulatorControl, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["job_id"] == "nightly-restore"
     assert_volume_file(tmp_path / "restored.img", image)
+
+
+def test_copy_fanout_and_multiclone_from_the_command_line(
+        emulator: EmulatorControl, tmp_path: Path) -> None:
+    image = make_image(tmp_path / "disk.img", "DZT", seed=34)
+    regions = tmp_path / "regions.txt"
+    regions.write_text("# disaster recovery\nus-west-2\neu-west-1\n")
+    fan = fspd("fanout", str(tmp_path / "disk.img"), f"@{regions}", "--endpoint-url",
+               emulator.url, "--json")
+    assert fan.returncode == 0, fan.stderr
+    made = json.loads(fan.stdout)["destinations"]
+    assert [d["region"] for d in made] == ["us-west-2", "eu-west-1"]
+    copy = fspd("copy", made[0]["snapshot_id"], "--region", "us-west-2", "-d", "ap-southeast-2",
+                "--endpoint-url", emulator.url, "--json")
+    assert copy.returncode == 0, copy.stderr
+    copied = json.loads(copy.stdout)["destinations"][0]["snapshot_id"]
+    assert emulator.image(copied, region="ap-southeast-2", length=len(image)) == image
+    clones = [tmp_path / "a.img", tmp_path / "b.img"]
+    multi = fspd("multiclone", copied, *map(str, clones), "--region", "ap-southeast-2",
+                 "--endpoint-url", emulator.url)
+    assert multi.returncode == 0, multi.stderr
+    for clone in clones:
+        assert_volume_file(clone, image)
