@@ -17,14 +17,15 @@ from ._blocks import (
 UNKNOWN = "snap-0123456789abcdef0"
 
 
-async def _snapshot_of(ebs, indexes) -> tuple[str, dict[int, bytes]]:
-    written = {i: block(("L", i)) for i in indexes}
+async def _snapshot_of(ebs, indexes, same: bool = False) -> tuple[str, dict[int, bytes]]:
+    shared = block("L-shared")
+    written = {i: shared if same else block(("L", i)) for i in indexes}
     return await make_snapshot(ebs, written), written
 
 
 async def test_max_results_honoured_and_pages_unique_ascending(ebs):
-    indexes = list(range(0, 2 * 250, 2))  # 250 blocks
-    sid, _ = await _snapshot_of(ebs, indexes)
+    indexes = list(range(0, 2 * 210, 2))  # 210 blocks
+    sid, _ = await _snapshot_of(ebs, indexes, same=True)
     listed, pages = await list_all(ebs, sid, MaxResults=100)
     assert all(len(p["Blocks"]) <= 100 for p in pages)
     assert len(pages) >= 3
@@ -44,9 +45,9 @@ async def test_starting_block_index_starts_at_or_after_it(ebs):
     assert listed == []
 
 
-async def test_next_token_overrides_starting_block_index(ebs):
-    indexes = list(range(150))
-    sid, _ = await _snapshot_of(ebs, indexes)
+async def test_next_token_overrides_starting_block_index(emulator, ebs):
+    indexes = list(range(BLOCKS_PER_GIB))
+    sid = emulator.synthetic(volume_size=1, allocation="full", seed=21)
     first = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100)
     token = first["NextToken"]
     assert token
@@ -60,8 +61,8 @@ async def test_next_token_overrides_starting_block_index(ebs):
     seen = [b["BlockIndex"] for b in first["Blocks"]] + got
     tok = second.get("NextToken")
     while tok:
-        page = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100, NextToken=tok,
-                                              StartingBlockIndex=140)
+        page = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=1000, NextToken=tok,
+                                              StartingBlockIndex=2000)
         seen += [b["BlockIndex"] for b in page["Blocks"]]
         tok = page.get("NextToken")
     assert seen == indexes
@@ -124,10 +125,10 @@ async def test_garbage_page_token_is_invalid_page_token(ebs):
 
 
 async def test_expired_page_token_is_invalid_page_token(emulator, ebs):
-    emulator.config(page_token_ttl=1)
-    sid, _ = await _snapshot_of(ebs, range(150))
+    sid = emulator.synthetic(volume_size=1, allocation="full", seed=22)
+    emulator.config(page_token_ttl=0.3)
     first = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100)
-    await asyncio.sleep(1.3)
+    await asyncio.sleep(0.45)
     await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid, NextToken=first["NextToken"]),
                        "ValidationException", 400, "INVALID_PAGE_TOKEN")
 
@@ -186,16 +187,17 @@ async def test_block_token_of_another_snapshot_is_rejected(ebs):
 
 
 async def test_expired_block_token_is_rejected_and_relisting_works(emulator, ebs):
-    emulator.config(block_token_ttl=1)
+    emulator.config(block_token_ttl=0.3)
     sid, written = await _snapshot_of(ebs, [0])
     page = await ebs.list_snapshot_blocks(SnapshotId=sid)
     expiry = page["ExpiryTime"]
     import datetime as dt
     assert expiry <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
     token = page["Blocks"][0]["BlockToken"]
-    await asyncio.sleep(1.3)
+    await asyncio.sleep(0.45)
     await expect_error(ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockToken=token),
                        "ValidationException", 400, "INVALID_BLOCK_TOKEN")
+    emulator.config(block_token_ttl=3600)
     fresh = (await tokens(ebs, sid))[0]
     data, _ = await read_block(ebs, sid, 0, fresh)
     assert data == written[0]
@@ -217,9 +219,9 @@ async def test_get_unlisted_block_index_is_rejected(ebs):
                        "ValidationException", 400, VALIDATION_REASONS)
 
 
-async def test_page_token_of_another_snapshot_is_rejected(ebs):
-    a, _ = await _snapshot_of(ebs, range(150))
-    b, _ = await _snapshot_of(ebs, range(150))
+async def test_page_token_of_another_snapshot_is_rejected(emulator, ebs):
+    a = emulator.synthetic(volume_size=1, allocation="full", seed=23)
+    b = emulator.synthetic(volume_size=1, allocation="full", seed=24)
     token = (await ebs.list_snapshot_blocks(SnapshotId=a, MaxResults=100))["NextToken"]
     await expect_error(ebs.list_snapshot_blocks(SnapshotId=b, NextToken=token),
                        "ValidationException", 400, "INVALID_PAGE_TOKEN")
@@ -242,3 +244,34 @@ async def test_encrypted_snapshot_round_trips_written_blocks(ebs):
     for entry in listed:
         data, _ = await read_block(ebs, sid, entry["BlockIndex"], entry["BlockToken"])
         assert data == written[entry["BlockIndex"]]
+
+
+async def test_block_token_is_valid_until_its_expiry_time(emulator, ebs):
+    # ExpiryTime is "the time when the BlockToken expires": a token used before then must work.
+    # Listed at .4 s past a whole second with a 0.5 s lifetime, the token must not be treated
+    # as expiring at the whole second (a token expiry truncated to seconds would do that).
+    import datetime as dt
+    import time
+    sid, written = await _snapshot_of(ebs, [0])
+    emulator.config(block_token_ttl=0.5)
+    await asyncio.sleep((1.4 - time.time() % 1.0) % 1.0)
+    page = await ebs.list_snapshot_blocks(SnapshotId=sid)
+    token = page["Blocks"][0]["BlockToken"]
+    data, _ = await read_block(ebs, sid, 0, token)
+    assert dt.datetime.now(dt.UTC) < page["ExpiryTime"], "test too slow to be meaningful"
+    assert data == written[0]
+
+
+async def test_page_token_is_valid_for_its_whole_lifetime(emulator, ebs):
+    # A page token issued .4 s past a whole second with a 0.5 s lifetime is used at once: it
+    # must still be valid (a lifetime truncated to whole seconds would already have ended).
+    import time
+    sid = emulator.synthetic(volume_size=1, allocation="full", seed=25)
+    emulator.config(page_token_ttl=0.5)
+    await asyncio.sleep((1.4 - time.time() % 1.0) % 1.0)
+    t0 = time.time()
+    first = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100)
+    second = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100,
+                                            NextToken=first["NextToken"])
+    assert time.time() - t0 < 0.5, "test too slow to be meaningful"
+    assert second["Blocks"][0]["BlockIndex"] == 100
