@@ -15,6 +15,7 @@ from fspd.errors import ExitCode, FspdError
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
     "fspd.commands.transfer",
+    "fspd.commands.archive",
     "fspd.commands.daemon",
     "fspd.emulator.cli",
 )
