@@ -62,11 +62,11 @@ class WindowPlan:
         return out
 
 
-async def open_chain(ctx: JobContext, store: ObjectStore, state_dir: Path, tag: str
-                     ) -> list[Level]:
+async def open_chain(ctx: JobContext, store: ObjectStore, state_dir: Path, tag: str,
+                     into: list[Level] | None = None) -> list[Level]:
     """Download (into ``state_dir``) and validate the manifest of an archive and of each of
-    its parents."""
-    levels: list[Level] = []
+    its parents. ``into`` receives the levels opened so far even when a later one fails."""
+    levels: list[Level] = [] if into is None else into
     expected: str | None = None
     seen: set[S3Location] = set()
     child = ""
