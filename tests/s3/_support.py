@@ -1,0 +1,165 @@
+"""Helpers for the S3 archive tests: images of awkward shapes, jobs run through run_job, and a
+plain boto3 client for looking at (and damaging) what landed in moto's S3."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from fspd import jobs
+from fspd.blocks import BLOCK_SIZE
+from fspd.config import RetrySettings, Settings, TransferSettings
+from fspd.run import run_job
+
+B = BLOCK_SIZE
+GIB = 1 << 30
+BUCKET = "fspd-archives"
+
+
+def settings(**s3: Any) -> Settings:
+    """Small pools and quick backoff: tests of failures must fail fast."""
+    return Settings(
+        transfer=TransferSettings(fetch_concurrency=16, put_concurrency=16, queue_blocks=32,
+                                  worker_threads=2),
+        retry=RetrySettings(backoff_base_s=0.005, backoff_cap_s=0.05, max_attempts=3,
+                            not_found_window_s=5, completion_wait_s=30),
+        s3=s3)
+
+
+async def run(spec: dict[str, Any], conf: Settings | None = None) -> dict[str, Any]:
+    return await run_job(jobs.validate(spec), conf or settings())
+
+
+def s3_client(moto: str) -> Any:
+    return boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
+
+
+def make_image(path: Path, layout: str, seed: int = 0) -> bytes:
+    """An image described block by block: 'D' random data, 'C' compressible data, 'Z' written
+    zeros, 'H' a hole (sparse), 'T' a final partial block of random data (1000 bytes)."""
+    rnd = random.Random(seed)
+    data = bytearray()
+    with open(path, "wb") as f:
+        for ch in layout:
+            if ch == "D":
+                chunk = rnd.randbytes(B)
+            elif ch == "C":
+                chunk = (b"fspd %d " % rnd.randrange(1 << 30)) * (B // 16)
+                chunk = chunk[:B].ljust(B, b".")
+            elif ch in "ZH":
+                chunk = bytes(B)
+            elif ch == "T":
+                chunk = rnd.randbytes(1000)
+            else:
+                raise ValueError(ch)
+            if ch == "H":
+                f.seek(B, 1)
+            else:
+                f.write(chunk)
+            data += chunk
+        f.truncate(len(data))
+    return bytes(data)
+
+
+def assert_volume_file(path: Path, image: bytes, volume_size: int = GIB) -> None:
+    """``path`` is a whole volume: ``image``, then zeros to ``volume_size`` (holes unread)."""
+    assert path.stat().st_size == volume_size
+    with open(path, "rb") as f:
+        assert f.read(len(image)) == image
+        fd = f.fileno()
+        offset = len(image)
+        while offset < volume_size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), volume_size)
+            assert os.pread(fd, end - start, start) == bytes(end - start), \
+                f"stale bytes at offset {start}"
+            offset = end
+
+
+async def listed(ebs: Any, snapshot_id: str) -> list[int]:
+    """Indexes a snapshot lists (its own blocks and its parents')."""
+    out: list[int] = []
+    params: dict[str, Any] = {"SnapshotId": snapshot_id, "MaxResults": 10000}
+    while True:
+        page = await ebs.list_snapshot_blocks(**params)
+        out += [b["BlockIndex"] for b in page.get("Blocks", [])]
+        if not page.get("NextToken"):
+            return out
+        params["NextToken"] = page["NextToken"]
+
+
+def _data_blocks(path: Path) -> set[int]:
+    """Blocks of a file that hold allocated extents (holes read zeros without being stored)."""
+    out: set[int] = set()
+    with open(path, "rb") as f:
+        fd, size, offset = f.fileno(), os.fstat(f.fileno()).st_size, 0
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            out.update(range(start // B, -(-end // B)))
+            offset = end
+    return out
+
+
+def _block(emulator: Any, snapshot_id: str, index: int) -> bytes:
+    return bytes(emulator.image(snapshot_id, offset=index * B, length=B))
+
+
+async def assert_same_volume(emulator: Any, ebs: Any, got: str, want: str) -> None:
+    """Two unencrypted snapshots read the same everywhere: block by block over every block
+    either lists (all others read zeros in both)."""
+    for index in sorted({*await listed(ebs, got), *await listed(ebs, want)}):
+        assert _block(emulator, got, index) == _block(emulator, want, index), \
+            f"block {index} differs"
+
+
+async def assert_file_is_volume(path: Path, emulator: Any, ebs: Any, snapshot_id: str,
+                                volume_size: int) -> None:
+    """A restored file reads like the snapshot: every listed block equal, every other block of
+    the file a hole or zeros."""
+    _compare_file(path, emulator, snapshot_id, await listed(ebs, snapshot_id), volume_size)
+
+
+def _compare_file(path: Path, emulator: Any, snapshot_id: str, blocks: list[int],
+                  volume_size: int) -> None:
+    assert path.stat().st_size == volume_size
+    with open(path, "rb") as f:
+        for index in blocks:
+            assert os.pread(f.fileno(), B, index * B) == _block(emulator, snapshot_id, index), \
+                f"block {index} differs"
+        for index in _data_blocks(path) - set(blocks):
+            assert os.pread(f.fileno(), B, index * B) == bytes(B), f"block {index} not zero"
+
+
+async def put_snapshot(ebs: Any, blocks: dict[int, bytes], *, parent: str | None = None,
+                       volume_size: int = 1) -> str:
+    """A snapshot built with a plain aiobotocore client: index → bytes (zero-padded)."""
+    params: dict[str, Any] = {"VolumeSize": volume_size}
+    if parent:
+        params["ParentSnapshotId"] = parent
+    snap = (await ebs.start_snapshot(**params))["SnapshotId"]
+    digests = []
+    for index in sorted(blocks):
+        data = blocks[index].ljust(B, b"\0")
+        raw = hashlib.sha256(data).digest()
+        digests.append(raw)
+        await ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=index, BlockData=data,
+                                     DataLength=B, ChecksumAlgorithm="SHA256",
+                                     Checksum=base64.b64encode(raw).decode())
+    aggregate = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
+    await ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=len(blocks),
+                                Checksum=aggregate, ChecksumAlgorithm="SHA256",
+                                ChecksumAggregationMethod="LINEAR")
+    return str(snap)
