@@ -127,3 +127,9 @@ async def test_describe_progress_of_pending_snapshot_is_below_100(ebs, ec2):
     assert snap["State"] == "pending"
     assert snap["Progress"].endswith("%")
     assert int(snap["Progress"].rstrip("%")) < 100
+
+
+async def test_describe_with_one_unknown_id_among_known_fails(ebs, ec2):
+    sid = await make_snapshot(ebs, {0: block(0)})
+    await expect_error(ec2.describe_snapshots(SnapshotIds=[sid, "snap-0123456789abcdef0"]),
+                       "InvalidSnapshot.NotFound", 400)

@@ -103,3 +103,10 @@ async def test_child_of_encrypted_parent_is_encrypted(ebs, ec2):
     child = (await ebs.start_snapshot(VolumeSize=1, ParentSnapshotId=parent))["SnapshotId"]
     snap = (await ec2.describe_snapshots(SnapshotIds=[child]))["Snapshots"][0]
     assert snap["Encrypted"] is True
+
+
+async def test_client_token_replay_after_completion_returns_same_snapshot(ebs):
+    first = await ebs.start_snapshot(VolumeSize=1, ClientToken="tok-done")
+    await ebs.complete_snapshot(SnapshotId=first["SnapshotId"], ChangedBlocksCount=0)
+    again = await ebs.start_snapshot(VolumeSize=1, ClientToken="tok-done")
+    assert again["SnapshotId"] == first["SnapshotId"]

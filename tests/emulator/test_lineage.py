@@ -201,3 +201,11 @@ async def test_unknown_parent_is_rejected(ebs):
                                                  "ResourceNotFoundException")
     else:
         raise AssertionError("StartSnapshot accepted a parent that does not exist")
+
+
+async def test_first_block_token_does_not_read_the_second_snapshot(ebs):
+    parent, child = await _family(ebs)
+    changed = {c["BlockIndex"]: c for c in await changed_all(ebs, child, parent)}
+    await expect_error(ebs.get_snapshot_block(SnapshotId=child, BlockIndex=1,
+                                              BlockToken=changed[1]["FirstBlockToken"]),
+                       "ValidationException", 400, "INVALID_BLOCK_TOKEN")

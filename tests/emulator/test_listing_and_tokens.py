@@ -248,13 +248,13 @@ async def test_encrypted_snapshot_round_trips_written_blocks(ebs):
 
 async def test_block_token_is_valid_until_its_expiry_time(emulator, ebs):
     # ExpiryTime is "the time when the BlockToken expires": a token used before then must work.
-    # Listed at .4 s past a whole second with a 0.5 s lifetime, the token must not be treated
+    # Listed at .1 s past a whole second with a 0.85 s lifetime, the token must not be treated
     # as expiring at the whole second (a token expiry truncated to seconds would do that).
     import datetime as dt
     import time
     sid, written = await _snapshot_of(ebs, [0])
-    emulator.config(block_token_ttl=0.5)
-    await asyncio.sleep((1.4 - time.time() % 1.0) % 1.0)
+    emulator.config(block_token_ttl=0.85)
+    await asyncio.sleep((1.1 - time.time() % 1.0) % 1.0)
     page = await ebs.list_snapshot_blocks(SnapshotId=sid)
     token = page["Blocks"][0]["BlockToken"]
     data, _ = await read_block(ebs, sid, 0, token)
@@ -263,15 +263,15 @@ async def test_block_token_is_valid_until_its_expiry_time(emulator, ebs):
 
 
 async def test_page_token_is_valid_for_its_whole_lifetime(emulator, ebs):
-    # A page token issued .4 s past a whole second with a 0.5 s lifetime is used at once: it
+    # A page token issued .1 s past a whole second with a 0.85 s lifetime is used at once: it
     # must still be valid (a lifetime truncated to whole seconds would already have ended).
     import time
     sid = emulator.synthetic(volume_size=1, allocation="full", seed=25)
-    emulator.config(page_token_ttl=0.5)
-    await asyncio.sleep((1.4 - time.time() % 1.0) % 1.0)
+    emulator.config(page_token_ttl=0.85)
+    await asyncio.sleep((1.1 - time.time() % 1.0) % 1.0)
     t0 = time.time()
     first = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100)
     second = await ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100,
                                             NextToken=first["NextToken"])
-    assert time.time() - t0 < 0.5, "test too slow to be meaningful"
+    assert time.time() - t0 < 0.85, "test too slow to be meaningful"
     assert second["Blocks"][0]["BlockIndex"] == 100
