@@ -87,7 +87,7 @@ class Service:
         return {
             "version": __version__, "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 1),
-            "summary": self.summary_line(), "jobs": dict(self.scheduler.counts()),
+            "summary": self.summary_line(), "counts": dict(self.scheduler.counts()),
             "running": [r.id for r in self.scheduler.running()],
             "max_jobs": s.max_jobs, "bandwidth_bytes_per_s": self.scheduler.bandwidth.rate,
             "spool_dir": str(self.spool.root), "socket_path": self.socket_path,
