@@ -73,3 +73,6 @@ class JobControl:
             await self._running.wait()
         if self.bandwidth is not None:
             await self.bandwidth.consume(nbytes)
+            # Paused while waiting for bandwidth: wait again, or every waiting fetch slips by.
+            if not self._running.is_set():
+                await self._running.wait()
