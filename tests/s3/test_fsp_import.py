@@ -14,7 +14,7 @@ import zstandard
 
 from fspd.cli import main
 from fspd.errors import FspdError
-from tests.s3._support import B, GIB, run, s3_client
+from tests.s3._support import GIB, B, run, s3_client
 
 SNAP = "snap-0123456789abcdef0"
 PREFIX = f"fsp/{SNAP}.1"
@@ -38,10 +38,10 @@ def write_fsp_archive(s3: Any, bucket: str, *, drop_last: bool = False) -> list[
     if drop_last:
         segments.pop()
     keys = []
-    for run in segments:
-        raw = b"".join(block(i) for i in run)
+    for seg in segments:
+        raw = b"".join(block(i) for i in seg)
         checksum = base64.urlsafe_b64encode(hashlib.sha256(raw).digest()).decode()
-        key = f"{PREFIX}/{run[0]}.{checksum}.{len(run)}.zstd"
+        key = f"{PREFIX}/{seg[0]}.{checksum}.{len(seg)}.zstd"
         s3.put_object(Bucket=bucket, Key=key, Body=zstandard.ZstdCompressor(level=1)
                       .compress(raw))
         keys.append(key)
