@@ -19,6 +19,7 @@ from fspd.run import run_job
 
 B = BLOCK_SIZE
 GIB = 1 << 30
+MIB = 1 << 20
 BUCKET = "fspd-archives"
 
 
