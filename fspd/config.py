@@ -26,7 +26,7 @@ class TransferSettings(_Section):
     fetch_concurrency: int = Field(128, ge=1, le=1024)
     put_concurrency: int = Field(128, ge=1, le=1024)
     # Blocks buffered between stages (per queue). Memory ~ queue_blocks x 512 KiB per queue.
-    queue_blocks: int = Field(256, ge=1, le=8192)
+    queue_blocks: int = Field(64, ge=1, le=8192)
     # Client-side pacing per snapshot stream, under AWS's 1,000 requests/s per snapshot quota.
     per_snapshot_rps: float = Field(950.0, gt=0, le=100_000)
     # Threads for hashing, compression and file I/O (they release the GIL).

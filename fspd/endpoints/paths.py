@@ -22,7 +22,12 @@ def _under(path: Path, prefixes: tuple[str, ...]) -> bool:
 
 
 def _is_device_path(path: Path) -> bool:
-    return str(path) == "/dev" or str(path).startswith("/dev/")
+    """Under /dev, where a mistyped device name must never become a new file; /dev/shm is
+    an ordinary tmpfs and is treated like any other directory."""
+    text = str(path)
+    if text == "/dev/shm" or text.startswith("/dev/shm/"):
+        return False
+    return text == "/dev" or text.startswith("/dev/")
 
 
 def mounted_devices() -> set[int]:

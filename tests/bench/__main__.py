@@ -1,0 +1,333 @@
+"""fspd's benchmark: ``python -m tests.bench [--blocks N] [--quick] [--big]``.
+
+Everything runs against the emulator in a separate process on 127.0.0.1, and every figure is a
+ratio measured side by side in this one run: fspd against the physical floor on the same
+blocks, and against the previous approaches (fspd's aiobotocore path; FSP's design of boto3
+clients in a thread pool). Nothing here asserts a timing; tests/bench/test_bench_runs.py only
+checks that the benchmark runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from botocore.config import Config
+
+from fspd import jobs, loop
+from fspd.blocks import BLOCK_SIZE
+from fspd.config import RetrySettings, Settings, TransferSettings
+from fspd.emulator.control import EmulatorControl, EmulatorProcess
+from fspd.run import run_job
+from tests.bench import floors
+from tests.bench.fsp_style import fsp_style_download
+from tests.bench.measure import Cost, measure
+
+REGION, OTHER = "us-east-1", "us-west-2"
+TARGETS = {"download": 1.5, "upload": 1.5, "copy": 1.5}
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    libs = ", ".join(f"{name} {version(name)}" for name in
+                     ("aiohttp", "aiobotocore", "botocore", "uvloop", "zstandard"))
+    return (f"{os.cpu_count()} cores, {model}; Python {platform.python_version()}; {libs}")
+
+
+def settings(**transfer: Any) -> Settings:
+    return Settings(transfer=TransferSettings(**({"fetch_concurrency": 32,
+                                                  "put_concurrency": 32} | transfer)),
+                    retry=RetrySettings(backoff_base_s=0.01, backoff_cap_s=0.5))
+
+
+def per_block(cost: Cost) -> float:
+    """CPU ms per block a fspd job actually moved (its result says how many)."""
+    return cost.per_block_ms(int(cost.result["blocks_done"]))
+
+
+def job(source: dict[str, Any], *destinations: dict[str, Any]) -> jobs.JobSpec:
+    return jobs.validate({"source": source, "destinations": list(destinations)})
+
+
+def _random_file(path: Path, blocks: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(blocks):
+            f.write(os.urandom(BLOCK_SIZE))
+
+
+async def _until(predicate: Any, task: asyncio.Task[Any]) -> None:
+    """Poll another component's progress (bounded by the task's own end)."""
+    while not predicate() and not task.done():
+        await asyncio.sleep(0.01)
+
+
+class Bench:
+    def __init__(self, emu: EmulatorProcess, work: Path, blocks: int) -> None:
+        self.url = emu.url
+        self.ctl = EmulatorControl(emu.url)
+        self.work = work
+        self.blocks = blocks
+        self.gib = max(1, blocks // 2048)
+        self.rows: list[tuple[str, float, float, dict[str, float]]] = []
+
+    def ebs(self, snapshot_id: str, region: str = REGION) -> dict[str, Any]:
+        return {"type": "ebs", "snapshot_id": snapshot_id, "region": region,
+                "endpoint_url": self.url}
+
+    def new_snapshot(self, region: str = OTHER) -> dict[str, Any]:
+        return {"type": "ebs", "region": region, "endpoint_url": self.url}
+
+    def synthetic(self) -> str:
+        return self.ctl.synthetic(region=REGION, volume_size=self.gib, allocation="full",
+                                  seed=1)
+
+    async def tokens(self, snapshot_id: str) -> list[tuple[int, str]]:
+        async with aiohttp.ClientSession() as session:
+            return await floors.list_tokens(session, self.url, snapshot_id, REGION,
+                                            self.blocks)
+
+    async def start_snapshot(self, region: str) -> str:
+        from aiobotocore.session import get_session
+
+        async with get_session().create_client(
+                "ebs", region_name=region, endpoint_url=self.url,
+                config=Config(retries={"max_attempts": 1})) as ebs:
+            resp = await ebs.start_snapshot(VolumeSize=self.gib, Timeout=60)
+        return str(resp["SnapshotId"])
+
+    def fresh_file(self, name: str) -> int:
+        path = self.work / name
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.ftruncate(fd, self.gib << 30)
+        return fd
+
+    # -- CPU per block -------------------------------------------------------------------
+
+    async def download(self) -> None:
+        snap = self.synthetic()
+        tokens = await self.tokens(snap)
+        fd = self.fresh_file("floor.img")
+        floor = await measure(lambda: floors.download_floor(self.url, REGION, snap, tokens, fd))
+        os.close(fd)
+        out = str(self.work / "fspd.img")
+        spec = job(self.ebs(snap), {"type": "file", "path": out})
+        fspd = await measure(lambda: run_job(spec, settings()))
+        slow = await measure(lambda: run_job(spec, settings(fast_path=False)))
+        fsp = await measure(lambda: asyncio.to_thread(
+            fsp_style_download, self.url, REGION, snap, str(self.work / "fsp.img"),
+            self.gib << 30, self.blocks))
+        self.rows.append(("download", floor.per_block_ms(self.blocks), per_block(fspd),
+                          {"aiobotocore path": per_block(slow),
+                           "FSP-style boto3 threads": fsp.per_block_ms(self.blocks)}))
+
+    async def upload(self) -> None:
+        src = self.work / "upload.img"
+        await asyncio.to_thread(_random_file, src, self.blocks)
+        fd = os.open(src, os.O_RDONLY)
+        target = await self.start_snapshot(REGION)
+
+        async def pread(_session: Any, index: int) -> bytes:
+            return os.pread(fd, BLOCK_SIZE, index * BLOCK_SIZE)
+
+        floor = await measure(lambda: floors.put_floor(self.url, REGION, target,
+                                                       list(range(self.blocks)), pread))
+        os.close(fd)
+        spec = job({"type": "file", "path": str(src)}, self.new_snapshot(REGION))
+        fspd = await measure(lambda: run_job(spec, settings()))
+        slow = await measure(lambda: run_job(spec, settings(fast_path=False)))
+        self.rows.append(("upload", floor.per_block_ms(self.blocks), per_block(fspd),
+                          {"aiobotocore path": per_block(slow)}))
+        src.unlink()
+
+    async def copy(self) -> None:
+        snap = self.synthetic()
+        tokens = dict(await self.tokens(snap))
+        target = await self.start_snapshot(OTHER)
+        headers = floors.static_auth(f"{self.url}/snapshots/{snap}/blocks/0", REGION)
+
+        async def get(session: aiohttp.ClientSession, index: int) -> bytes:
+            url = f"{self.url}/snapshots/{snap}/blocks/{index}?blockToken={tokens[index]}"
+            async with session.get(url, headers=headers) as resp:
+                data = await resp.read()
+                want = floors.from_b64(resp.headers["x-amz-Checksum"])
+            if floors.hashlib.sha256(data).digest() != want:
+                raise RuntimeError("corrupt")
+            return data
+
+        floor = await measure(lambda: floors.put_floor(self.url, OTHER, target,
+                                                       list(range(self.blocks)), get))
+        spec = job(self.ebs(snap), self.new_snapshot(OTHER))
+        fspd = await measure(lambda: run_job(spec, settings()))
+        slow = await measure(lambda: run_job(spec, settings(fast_path=False)))
+        self.rows.append(("copy", floor.per_block_ms(self.blocks), per_block(fspd),
+                          {"aiobotocore path": per_block(slow)}))
+
+    # -- latency, throttling -------------------------------------------------------------
+
+    async def latency(self, latency_ms: float, in_flight: int, blocks: int) -> dict[str, Any]:
+        snap = self.ctl.synthetic(region=REGION, volume_size=max(1, blocks // 2048 + 1),
+                                  allocation="full", seed=2)
+        self.ctl.faults(latency_ms=latency_ms, operations=["GetSnapshotBlock"])
+        try:
+            spec = job(self.ebs(snap), {"type": "file", "path": str(self.shm / "lat.img")})
+            cost = await self._download_n(spec, settings(fetch_concurrency=in_flight), blocks)
+        finally:
+            self.ctl.clear_faults()
+        bound = min(in_flight * 1000 / latency_ms, 1000)
+        achieved = blocks / cost.wall_s
+        return {"latency_ms": latency_ms, "in_flight": in_flight, "bound": bound,
+                "achieved": achieved, "ratio": achieved / bound}
+
+    async def _download_n(self, spec: jobs.JobSpec, cfg: Settings, blocks: int) -> Cost:
+        """Download until ``blocks`` blocks are done, then cancel (steady state only)."""
+        from fspd.progress import Progress
+
+        progress = Progress()
+
+        async def run() -> None:
+            task = asyncio.create_task(run_job(spec, cfg, progress=progress))
+            await _until(lambda: progress.blocks_done >= blocks, task)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if progress.blocks_done < blocks:
+                raise RuntimeError(f"download ended early: {progress.last_error}")
+
+        cost = await measure(run)
+        cost.result = progress
+        return cost
+
+    async def throttling(self, cap: int, blocks: int) -> dict[str, Any]:
+        self.ctl.config(throttling=True, get_rate=cap, account_get_rate=max(cap, 1000))
+        snap = self.ctl.synthetic(region=REGION, volume_size=max(1, blocks // 2048 + 1),
+                                  allocation="full", seed=3)
+        self.ctl.reset_stats()
+        try:
+            spec = job(self.ebs(snap), {"type": "file", "path": str(self.shm / "thr.img")})
+            cfg = settings(fetch_concurrency=64, per_snapshot_rps=cap * 0.97)
+            cost = await self._download_n(spec, cfg, blocks)
+        finally:
+            self.ctl.config(throttling=False)
+        stats = self.ctl.stats()
+        sent = stats["requests"].get("GetSnapshotBlock", 0)
+        return {"cap": cap, "achieved": blocks / cost.wall_s,
+                "ratio": blocks / cost.wall_s / cap,
+                "throttled_share": stats["throttled"] / max(1, sent + stats["throttled"])}
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def memory(self, size_gib: int, blocks: int, list_only: bool) -> dict[str, Any]:
+        snap = self.ctl.synthetic(region=REGION, volume_size=size_gib, allocation="full",
+                                  seed=4)
+        out = subprocess.run(
+            [sys.executable, "-m", "tests.bench.memory_probe", self.url, snap,
+             str(self.shm / "mem.img"), str(blocks), "list" if list_only else "download"],
+            capture_output=True, text=True, timeout=1800, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _table(bench: Bench) -> list[str]:
+    lines = ["", "CPU per 512 KiB block (client process user+sys ms; lower is better)",
+             f"{'case':<10}{'floor':>8}{'fspd':>8}{'fspd/floor':>12}{'target':>8}   "
+             "previous approaches (ms, and their ratio to the floor)"]
+    for name, floor, fspd, others in bench.rows:
+        target = TARGETS.get(name)
+        prev = "; ".join(f"{k} {v:.2f} ({v / floor:.2f}x)" for k, v in others.items())
+        met = "" if target is None else ("  met" if fspd / floor <= target else "  MISSED")
+        lines.append(f"{name:<10}{floor:>8.2f}{fspd:>8.2f}{fspd / floor:>11.2f}x"
+                     f"{'<=' + str(target) + 'x' if target else '':>8}{met}   {prev}")
+    return lines
+
+
+async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path) -> None:
+    bench = Bench(emu, work, args.blocks)
+    # tmpfs for the latency/throttle/memory targets: they measure fspd, not this disk.
+    bench.shm = Path(tempfile.mkdtemp(prefix="fspd-bench-", dir="/dev/shm")) \
+        if os.path.isdir("/dev/shm") else work
+    print(f"machine: {machine()}")
+    print(f"blocks per case: {args.blocks} ({args.blocks * BLOCK_SIZE >> 20} MiB); "
+          "emulator: separate process on 127.0.0.1, throttling off unless stated")
+    try:
+        for case in (bench.download, bench.upload, bench.copy):
+            await case()
+        print("\n".join(_table(bench)))
+        print("\nLatency-bound throughput (download; bound = min(in-flight / latency, 1000/s))")
+        print(f"{'latency':>8}{'in-flight':>10}{'bound/s':>9}{'achieved/s':>12}{'ratio':>7}"
+              f"{'target':>8}")
+        for latency_ms, in_flight in ((20, 5), (100, 25)):
+            r = await bench.latency(latency_ms, in_flight, args.latency_blocks)
+            met = "met" if r["ratio"] >= 0.9 else "MISSED"
+            print(f"{r['latency_ms']:>6.0f}ms{r['in_flight']:>10}{r['bound']:>9.0f}"
+                  f"{r['achieved']:>12.1f}{r['ratio']:>7.2f}{'>=0.90':>8} {met}")
+        print("\nThrottling (emulator enforces the cap per snapshot; fspd paces at 0.97 x cap)")
+        print(f"{'cap/s':>6}{'achieved/s':>12}{'ratio':>7}{'throttled':>11}   target >=0.95, <1%")
+        for cap in args.caps:
+            r = await bench.throttling(cap, min(args.latency_blocks * 2, cap * 4))
+            met = "met" if r["ratio"] >= 0.95 and r["throttled_share"] < 0.01 else "MISSED"
+            print(f"{r['cap']:>6}{r['achieved']:>12.1f}{r['ratio']:>7.2f}"
+                  f"{100 * r['throttled_share']:>10.2f}%   {met}")
+        print("\nMemory (peak RSS of a separate fspd process; target <= 256 MiB at any size)")
+        sizes = [(1024, "1 TiB")] + ([(16384, "16 TiB")] if args.big else [])
+        for size, label in sizes:
+            for list_only in (True, False):
+                if list_only and size > 1024 and not args.big:
+                    continue
+                r = bench.memory(size, args.memory_blocks, list_only)
+                what = (f"list all {r['blocks']} blocks" if list_only
+                        else f"download, stopped after {r['blocks']} blocks")
+                print(f"{label:>7} {what:<42} idle {r['idle_rss_mib']:6.1f} MiB   "
+                      f"peak {r['peak_rss_mib']:6.1f} MiB")
+    finally:
+        if bench.shm != work:
+            shutil.rmtree(bench.shm, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--blocks", type=int, default=2048, help="blocks per CPU case")
+    parser.add_argument("--latency-blocks", type=int, default=1000)
+    parser.add_argument("--memory-blocks", type=int, default=4000)
+    parser.add_argument("--caps", type=int, nargs="+", default=[250, 1000])
+    parser.add_argument("--big", action="store_true", help="also 16 TiB (minutes)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.blocks, args.latency_blocks, args.memory_blocks = 128, 60, 200
+        args.caps = [100]
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAFSPDBENCH0000001")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+    from fspd import log
+
+    log.configure("error", json=True)
+    work = Path(tempfile.mkdtemp(prefix="fspd-bench-"))
+    try:
+        with EmulatorProcess(data_dir=work / "emulator", args=["--no-throttling"]) as emu:
+            loop.run(main_async(args, emu, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The physical floors: the least work that moves the same blocks, done with raw aiohttp and
+plain system calls. fspd's costs are reported as ratios to these, measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from fspd.blocks import BLOCK_SIZE, from_b64, to_b64
+
+CREDS = Credentials("AKIAFSPDBENCH0000001", "bench-secret")
+
+
+def static_auth(url: str, region: str) -> dict[str, str]:
+    """One well-formed SigV4 header, reused: the emulator checks its form, not its signature
+    (no keys configured), so the floor pays nothing for signing."""
+    request = AWSRequest(method="GET", url=url,
+                         headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    SigV4Auth(CREDS, "ebs", region).add_auth(request)
+    return dict(request.headers.items())
+
+
+async def list_tokens(session: aiohttp.ClientSession, base: str, snapshot_id: str,
+                      region: str, limit: int) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    token = None
+    while len(out) < limit:
+        url = f"{base}/snapshots/{snapshot_id}/blocks?maxResults=10000"
+        if token:
+            url += f"&pageToken={token}"
+        async with session.get(url, headers=static_auth(url, region)) as resp:
+            page = await resp.json()
+        out += [(b["BlockIndex"], quote(b["BlockToken"], safe="")) for b in page["Blocks"]]
+        token = page.get("NextToken")
+        if token:
+            token = quote(token, safe="")
+        if not token:
+            break
+    return out[:limit]
+
+
+def _session(concurrency: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                 auto_decompress=False)
+
+
+async def _pool(items: list[Any], concurrency: int, work: Any) -> None:
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while not queue.empty():
+            await work(queue.get_nowait())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def download_floor(base: str, region: str, snapshot_id: str,
+                         tokens: list[tuple[int, str]], fd: int | None,
+                         concurrency: int = 32) -> None:
+    """GET each block, verify its SHA-256, pwrite it (if ``fd``)."""
+    headers = static_auth(f"{base}/snapshots/{snapshot_id}/blocks/0", region)
+    async with _session(concurrency) as session:
+        async def one(item: tuple[int, str]) -> None:
+            index, token = item
+            url = f"{base}/snapshots/{snapshot_id}/blocks/{index}?blockToken={token}"
+            async with session.get(url, headers=headers) as resp:
+                data = await resp.read()
+                want = from_b64(resp.headers["x-amz-Checksum"])
+            if hashlib.sha256(data).digest() != want:
+                raise RuntimeError(f"floor: block {index} corrupt")
+            if fd is not None:
+                os.pwrite(fd, data, index * BLOCK_SIZE)
+
+        await _pool(tokens, concurrency, one)
+
+
+async def put_floor(base: str, region: str, snapshot_id: str, blocks: list[int],
+                    read: Any, concurrency: int = 32) -> None:
+    """For each block: ``read(index)`` (pread, or a GET), SHA-256, raw PUT."""
+    headers = static_auth(f"{base}/snapshots/{snapshot_id}/blocks/0", region)
+    async with _session(concurrency) as session:
+        async def one(index: int) -> None:
+            data = await read(session, index)
+            checksum = to_b64(hashlib.sha256(data).digest())
+            h = dict(headers, **{"x-amz-Data-Length": str(BLOCK_SIZE),
+                                 "x-amz-Checksum": checksum,
+                                 "x-amz-Checksum-Algorithm": "SHA256"})
+            url = f"{base}/snapshots/{snapshot_id}/blocks/{index}"
+            async with session.put(url, data=data, headers=h) as resp:
+                if resp.status != 201:
+                    raise RuntimeError(f"floor: put {index}: {resp.status} {await resp.text()}")
+
+        await _pool(blocks, concurrency, one)
