@@ -198,20 +198,20 @@ class Bench:
                 "achieved": achieved, "ratio": achieved / bound}
 
     async def _download_n(self, spec: jobs.JobSpec, cfg: Settings, blocks: int) -> Cost:
-        """Download until ``blocks`` blocks are done, then cancel (steady state only)."""
+        """Time ``blocks`` blocks of a download in steady state: from the first block done
+        (job set-up excluded) until ``blocks`` more are done; then cancel the job."""
         from fspd.progress import Progress
 
         progress = Progress()
-
-        async def run() -> None:
-            task = asyncio.create_task(run_job(spec, cfg, progress=progress))
-            await _until(lambda: progress.blocks_done >= blocks, task)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            if progress.blocks_done < blocks:
-                raise RuntimeError(f"download ended early: {progress.last_error}")
-
-        cost = await measure(run)
+        task = asyncio.create_task(run_job(spec, cfg, progress=progress))
+        await _until(lambda: progress.blocks_done >= 1, task)
+        start = progress.blocks_done
+        cost = await measure(lambda: _until(lambda: progress.blocks_done >= start + blocks,
+                                            task))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if progress.blocks_done < start + blocks:
+            raise RuntimeError(f"download ended early: {progress.last_error}")
         cost.result = progress
         return cost
 
