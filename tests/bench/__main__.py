@@ -184,7 +184,7 @@ class Bench:
     # -- latency, throttling -------------------------------------------------------------
 
     async def latency(self, latency_ms: float, in_flight: int, blocks: int) -> dict[str, Any]:
-        snap = self.ctl.synthetic(region=REGION, volume_size=max(1, blocks // 2048 + 1),
+        snap = self.ctl.synthetic(region=REGION, volume_size=blocks // 2048 + 2,
                                   allocation="full", seed=2)
         self.ctl.faults(latency_ms=latency_ms, operations=["GetSnapshotBlock"])
         try:
@@ -217,7 +217,7 @@ class Bench:
 
     async def throttling(self, cap: int, blocks: int) -> dict[str, Any]:
         self.ctl.config(throttling=True, get_rate=cap, account_get_rate=max(cap, 1000))
-        snap = self.ctl.synthetic(region=REGION, volume_size=max(1, blocks // 2048 + 1),
+        snap = self.ctl.synthetic(region=REGION, volume_size=blocks // 2048 + 2,
                                   allocation="full", seed=3)
         self.ctl.reset_stats()
         try:
