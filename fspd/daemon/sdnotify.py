@@ -33,6 +33,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self.watchdog_usec = _watchdog_usec(env)
         self._last_status: str | None = None
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -49,8 +50,11 @@ class Notifier:
                 self._sock.setblocking(False)
             self._sock.sendto(payload, self.address)
         except OSError as exc:
-            log.warning("sd_notify_failed", error=str(exc))
+            if not self._failing:  # once per run of failures, not once per ping
+                log.warning("sd_notify_failed", error=str(exc), message=lines[0])
+            self._failing = True
             return False
+        self._failing = False
         return True
 
     def ready(self, status: str | None = None) -> None:
