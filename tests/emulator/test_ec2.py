@@ -133,3 +133,8 @@ async def test_describe_with_one_unknown_id_among_known_fails(ebs, ec2):
     sid = await make_snapshot(ebs, {0: block(0)})
     await expect_error(ec2.describe_snapshots(SnapshotIds=[sid, "snap-0123456789abcdef0"]),
                        "InvalidSnapshot.NotFound", 400)
+
+
+async def test_describe_malformed_id_is_malformed_error(ec2):
+    await expect_error(ec2.describe_snapshots(SnapshotIds=["snap-NOT-HEX"]),
+                       "InvalidSnapshotID.Malformed", 400)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ._blocks import (
     BLOCKS_PER_GIB,
     block,
@@ -209,3 +211,32 @@ async def test_first_block_token_does_not_read_the_second_snapshot(ebs):
     await expect_error(ebs.get_snapshot_block(SnapshotId=child, BlockIndex=1,
                                               BlockToken=changed[1]["FirstBlockToken"]),
                        "ValidationException", 400, "INVALID_BLOCK_TOKEN")
+
+
+@pytest.mark.parametrize("max_results", [99, 10001])
+async def test_changed_blocks_max_results_out_of_range_is_rejected(raw_ebs, max_results):
+    parent = await make_snapshot(raw_ebs, {0: block("mr0")})
+    child = await make_snapshot(raw_ebs, {1: block("mr1")}, ParentSnapshotId=parent)
+    await expect_error(raw_ebs.list_changed_blocks(FirstSnapshotId=parent, SecondSnapshotId=child,
+                                                   MaxResults=max_results),
+                       "ValidationException", 400)
+
+
+async def test_changed_blocks_garbage_page_token_is_invalid_page_token(ebs):
+    parent, child = await _family(ebs)
+    await expect_error(ebs.list_changed_blocks(FirstSnapshotId=parent, SecondSnapshotId=child,
+                                               NextToken="Z2FyYmFnZQ=="),
+                       "ValidationException", 400, "INVALID_PAGE_TOKEN")
+
+
+async def test_changed_blocks_next_token_overrides_starting_block_index(emulator, ebs):
+    parent = emulator.synthetic(volume_size=1, allocation="sparse", density=0.0, seed=30)
+    child = emulator.synthetic(volume_size=1, allocation="full", seed=31,
+                               parent_snapshot_id=parent)
+    first = await ebs.list_changed_blocks(FirstSnapshotId=parent, SecondSnapshotId=child,
+                                          MaxResults=100)
+    assert [c["BlockIndex"] for c in first["ChangedBlocks"]] == list(range(100))
+    second = await ebs.list_changed_blocks(FirstSnapshotId=parent, SecondSnapshotId=child,
+                                           MaxResults=100, NextToken=first["NextToken"],
+                                           StartingBlockIndex=1500)
+    assert [c["BlockIndex"] for c in second["ChangedBlocks"]] == list(range(100, 200))

@@ -34,11 +34,10 @@ from ._blocks import (
 WRITTEN = {0: block("m0"), 5: block("m5"), 2047: block("m2047")}
 
 
-@pytest.fixture(params=["emulator", "moto"])
+@pytest.fixture(params=["emulator", pytest.param("moto", marks=pytest.mark.moto)])
 def target(request: pytest.FixtureRequest) -> tuple[str, str]:
     if request.param == "emulator":
         return "emulator", request.getfixturevalue("emulator").url
-    request.node.add_marker(pytest.mark.moto)
     return "moto", request.getfixturevalue("moto")
 
 
