@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,25 @@ def test_the_example_config_lists_every_setting_with_its_default() -> None:
         assert (f"\n{leaf} =" in text or f"\n# {leaf} =" in text), f"{key} is not documented"
         if section:
             assert f"[{section}]" in text, f"[{section}] is missing"
+
+
+ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_accepts_the_units_and_scores_the_service_under_3(tmp_path: Path) -> None:
+    assert ANALYZE is not None
+    service = (ROOT / "systemd" / "fspd.service").read_text().replace(
+        "/usr/local/bin/fspd", sys.executable)  # verify wants an executable that exists
+    (tmp_path / "fspd.service").write_text(service)
+    shutil.copy(ROOT / "systemd" / "fspd.socket", tmp_path / "fspd.socket")
+    verify = subprocess.run([ANALYZE, "--man=no", "verify", str(tmp_path / "fspd.service"),
+                             str(tmp_path / "fspd.socket")], capture_output=True, text=True,
+                            timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr  # no warnings
+    security = subprocess.run([ANALYZE, "security", "--offline=true",
+                               str(tmp_path / "fspd.service")], capture_output=True,
+                              text=True, timeout=60)
+    score = re.search(r"Overall exposure level for fspd.service: ([\d.]+)", security.stdout)
+    assert score is not None, security.stdout[-2000:] + security.stderr
+    assert float(score.group(1)) < 3.0
