@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from fspd import config, jobs, loop
 from fspd.daemon import view
 from fspd.daemon.client import Client, exit_code_for
@@ -126,8 +128,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides["log_level"] = args.serve_log_level
     try:
         settings = with_overrides(config.load(args.config), overrides)
-    except ValueError as exc:  # pydantic's ValidationError for a bad flag value
-        raise BadInput(str(exc).splitlines()[-1].strip(), field="serve flags") from None
+    except ValidationError as exc:  # a flag's value is out of range
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][-1]).removesuffix("_s").replace("_", "-")
+        raise BadInput(first["msg"], field=flag) from None
     log.configure(settings.log_level, json=args.log_json)
     return serve(settings, config_path=args.config, overrides=overrides,
                  log_json=args.log_json)

@@ -149,9 +149,18 @@ class Service:
         return 0
 
     def _prepare_dirs(self) -> None:
-        self.spool.ensure()
-        Path(self.settings.daemon.state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
-        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
+        for field, make in (
+                ("daemon.spool_dir", self.spool.ensure),
+                ("daemon.state_dir", lambda: Path(self.settings.daemon.state_dir).mkdir(
+                    parents=True, exist_ok=True, mode=0o750)),
+                ("daemon.socket_path", lambda: Path(self.socket_path).parent.mkdir(
+                    parents=True, exist_ok=True))):
+            try:
+                make()
+            except OSError as exc:
+                raise BadInput(f"cannot create {exc.filename}: {exc.strerror} (run as the "
+                               "fspd user, or point it at a writable directory)",
+                               field=field) from None
 
     async def _listen(self) -> None:
         app = control.make_app(self)
@@ -174,6 +183,9 @@ class Service:
         old = os.umask(0o117)  # the socket is born 0660: no window with wider access
         try:
             await web.UnixSite(self._runner, path).start()
+        except OSError as exc:
+            raise BadInput(f"cannot listen on {path}: {exc.strerror}",
+                           field="daemon.socket_path") from None
         finally:
             os.umask(old)
         os.chmod(path, 0o660)
