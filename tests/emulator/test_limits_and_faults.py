@@ -219,9 +219,10 @@ async def test_stats_count_regions(emulator, ebs1):
     async with aws_client("ebs", emulator.url, region="us-west-2") as west:
         await west.start_snapshot(VolumeSize=1)
         await west.start_snapshot(VolumeSize=1)
-    by_region = emulator.stats()["by_region"]
-    text = repr(by_region)
-    assert "us-west-2" in text and "us-east-1" in text
+    by_region = emulator.stats()["by_region"]  # {region: {op: n}}, like by_snapshot
+    assert by_region["us-west-2"]["StartSnapshot"] == 2
+    assert by_region["us-east-1"]["StartSnapshot"] == 1
+    assert "eu-west-1" not in by_region or not any(by_region["eu-west-1"].values())
 
 
 async def test_default_quotas_throttle_a_burst_of_start_snapshot(emulator, ebs1):
