@@ -35,6 +35,8 @@ class TransferSettings(_Section):
     # Sign with botocore, send Get/PutSnapshotBlock with aiohttp (see docs/performance).
     fast_path: bool = True
     list_page_size: int = Field(10_000, ge=100, le=10_000)
+    # How often a job journals its progress (a crash loses at most this much work).
+    checkpoint_interval_s: float = Field(5.0, gt=0, le=3600)
 
 
 class RetrySettings(_Section):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from fspd.blocks import BLOCK_SIZE, Block, BlockRef, Kind
 from fspd.budget import JobControl
+from fspd.checkpoint import Checkpoint
 from fspd.errors import FspdError, TransferFailed
 from fspd.log import get_logger
 from fspd.progress import Progress
@@ -79,6 +80,11 @@ class Sink(Protocol):
     # Optional: ``def listed(self, entry: BlockRef | Gap) -> None`` is called in listing order
     # for every entry before its block is fetched, and ``def listing_done(self) -> None`` once
     # the listing ends. Sinks that group blocks (S3 segments) use them to know what to expect.
+    #
+    # Optional, for resuming: ``def has(self, index: int) -> bool`` says a block is already
+    # there (from an interrupted earlier run), and ``async def checkpoint_state(self) -> dict``
+    # makes what was written durable and returns the state to journal. A block every sink
+    # ``has`` is not fetched again.
 
 
 _STOP = object()
@@ -107,13 +113,17 @@ class Pipeline:
     def __init__(self, source: Source, sinks: list[Sink], progress: Progress, *,
                  fetch_concurrency: int, queue_blocks: int,
                  sink_policies: list[str] | None = None,
-                 control: JobControl | None = None) -> None:
+                 control: JobControl | None = None, checkpoint: Checkpoint | None = None,
+                 checkpoint_interval: float = 5.0) -> None:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
         self.source = source
         self.progress = progress
         self.fetch_concurrency = fetch_concurrency
         self.control = control or JobControl()
+        self.checkpoint = checkpoint
+        self._has: list[Any] = []
+        self.checkpoint_interval = checkpoint_interval
         self._fetch_q: asyncio.Queue[Any] = asyncio.Queue(queue_blocks)
         policies = sink_policies or ["fail"] * len(sinks)
         self.sinks = [SinkState(s, asyncio.Queue(queue_blocks), p)
@@ -127,10 +137,15 @@ class Pipeline:
         """Move every block; return each sink's commit result (or failure record)."""
         for st in self.sinks:
             await st.sink.open(info)
+        has = [getattr(st.sink, "has", None) for st in self.sinks]
+        self._has = [h for h in has if h is not None] if all(has) else []
         if all(getattr(st.sink, "already_complete", False) for st in self.sinks):
             return [await st.sink.commit() for st in self.sinks]
+        resumable = self.checkpoint is not None and all(
+            hasattr(st.sink, "checkpoint_state") for st in self.sinks)
         try:
             async with asyncio.TaskGroup() as tg:
+                journal = tg.create_task(self._journal()) if resumable else None
                 tg.create_task(self._list())
                 fetchers = [tg.create_task(self._fetch()) for _ in range(self.fetch_concurrency)]
                 writers = [tg.create_task(self._write(st))
@@ -140,11 +155,16 @@ class Pipeline:
                     for _ in range(st.sink.concurrency):
                         await st.queue.put(_STOP)
                 await asyncio.gather(*writers)
+                if journal is not None:
+                    journal.cancel()
+            await self._save_checkpoint(resumable)  # a crash while committing loses nothing
         except BaseExceptionGroup as group:
             error = _first_cause(group)
+            await self._save_checkpoint(resumable)
             await self._abort_all(error)
             raise error from None
         except BaseException as error:
+            await self._save_checkpoint(resumable)
             await self._abort_all(error)
             raise
         results = []
@@ -157,6 +177,25 @@ class Pipeline:
             raise TransferFailed("every destination failed: " + "; ".join(
                 f"{st.sink.name}: {st.error}" for st in self.sinks))
         return results
+
+    async def _journal(self) -> None:
+        """Save a checkpoint every ``checkpoint_interval`` seconds while blocks move."""
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            await self._save_checkpoint(True)
+
+    async def _save_checkpoint(self, resumable: bool) -> None:
+        if not resumable or self.checkpoint is None:
+            return
+        try:
+            states = {st.sink.name: await st.sink.checkpoint_state()  # type: ignore[attr-defined]
+                      for st in self.sinks}
+            await asyncio.to_thread(self.checkpoint.save, states)
+        except (OSError, FspdError) as exc:  # the transfer goes on; the next save may work
+            log.warning("checkpoint_failed", error=str(exc))
+
+    def _already_done(self, index: int) -> bool:
+        return bool(self._has) and all(has(index) for has in self._has)
 
     async def _abort_all(self, error: BaseException) -> None:
         for st in self.sinks:
@@ -176,6 +215,10 @@ class Pipeline:
                 continue
             listed += 1
             self.progress.blocks_listed = listed
+            if self._already_done(entry.index):
+                self.progress.blocks_resumed += 1
+                self.progress.block_done(skipped=True)
+                continue
             if entry.kind is Kind.ZERO:
                 await self._to_sinks(Block.zeros(entry.index))
             else:

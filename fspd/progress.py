@@ -36,6 +36,7 @@ class Progress:
     blocks_listed: int = 0
     blocks_done: int = 0
     blocks_skipped: int = 0  # zero blocks not written (where skipping is safe)
+    blocks_resumed: int = 0  # already done by an earlier, interrupted run
     bytes_done: int = 0
     started: float | None = None
     finished: float | None = None
@@ -114,6 +115,7 @@ class Progress:
             "blocks_total": total,
             "blocks_listed": self.blocks_listed,
             "blocks_skipped": self.blocks_skipped,
+            "blocks_resumed": self.blocks_resumed,
             "bytes_done": self.bytes_done,
             "bytes_total": None if total is None else total * BLOCK_SIZE,
             "elapsed_s": round(self.elapsed, 3),

@@ -18,6 +18,7 @@ from aiobotocore.session import AioSession
 from fspd.aws import AwsClients, AwsTarget, call
 from fspd.blocks import BLOCK_SIZE, Kind
 from fspd.budget import JobControl
+from fspd.checkpoint import Checkpoint, spec_digest
 from fspd.config import Settings
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.ebs import (
@@ -146,20 +147,28 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
     progress.job_id = job_id
     started = time.time()
     tmp: tempfile.TemporaryDirectory[str] | None = None
-    if state_dir is None:
+    checkpoint: Checkpoint | None = None
+    if state_dir is None:  # nothing to resume from: a scratch directory for this run only
         tmp = tempfile.TemporaryDirectory(prefix="fspd-")
         state_dir = Path(tmp.name)
+    else:
+        checkpoint = Checkpoint.open(state_dir, job_id, spec_digest(spec.model_dump_json()))
+        if checkpoint.resumed:
+            log.info("job_resuming", job=job_id, state_dir=str(state_dir))
     executor = ThreadPoolExecutor(settings.transfer.worker_threads,
                                   thread_name_prefix=f"fspd-{job_id}")
     progress.start()
     try:
         async with AwsClients(settings) as clients:
-            ctx = JobContext(job_id, settings, clients, progress, executor, state_dir)
+            ctx = JobContext(job_id, settings, clients, progress, executor, state_dir,
+                             checkpoint=checkpoint)
             try:
                 result = await _with_deadline(_execute(ctx, spec, control), settings)
             finally:
                 await ctx.close()
         progress.finish("completed")
+        if checkpoint is not None:
+            checkpoint.discard()
     except asyncio.CancelledError:
         progress.finish("cancelled")
         raise
@@ -176,7 +185,11 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
         "started_at": started, "duration_s": round(time.time() - started, 3),
         "blocks_done": progress.blocks_done, "blocks_skipped": progress.blocks_skipped,
         "bytes_done": progress.bytes_done, "retries": dict(progress.retries),
+        "resumed": bool(checkpoint and checkpoint.resumed),
+        "blocks_resumed": progress.blocks_resumed,
     })
+    if checkpoint is not None and checkpoint.notes:
+        result["notes"] = list(checkpoint.notes)
     return result
 
 
@@ -236,7 +249,9 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
             source, sinks, ctx.progress,
             fetch_concurrency=ctx.settings.transfer.fetch_concurrency,
             queue_blocks=ctx.settings.transfer.queue_blocks,
-            sink_policies=[spec.on_destination_failure] * len(sinks), control=control)
+            sink_policies=[spec.on_destination_failure] * len(sinks), control=control,
+            checkpoint=ctx.checkpoint,
+            checkpoint_interval=ctx.settings.transfer.checkpoint_interval_s)
         base["destinations"] = await pipeline.run(info)
         reads = getattr(source, "reads", None)
         if reads is not None:
@@ -299,7 +314,8 @@ async def _execute_chain(ctx: JobContext, spec: JobSpec, control: JobControl | N
             pipeline = Pipeline(source, build_sinks(ctx, step), ctx.progress,
                                 fetch_concurrency=ctx.settings.transfer.fetch_concurrency,
                                 queue_blocks=ctx.settings.transfer.queue_blocks,
-                                control=control)
+                                control=control, checkpoint=ctx.checkpoint,
+                                checkpoint_interval=ctx.settings.transfer.checkpoint_interval_s)
             result = (await pipeline.run(info))[0]
         finally:
             await source.close()

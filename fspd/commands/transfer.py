@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ def register(subparsers: Any) -> None:
 
     p = add("run", "run one job file (TOML or JSON) in the foreground")
     p.add_argument("jobfile")
+    p.add_argument("--state-dir", help="keep a checkpoint here: an interrupted run of the "
+                   "same job file resumes where it stopped")
     _global_options(p)
     p.set_defaults(handler=_cmd_run)
 
@@ -188,10 +191,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = jobs.parse(raw, path.name)
     if args.dry_run and not spec.dry_run:
         spec = spec.model_copy(update={"dry_run": True})
-    return _execute(spec, args)
+    state_dir = job_id = None
+    if args.state_dir:
+        # The job's identity is its name, or its file's content: the same job file resumes.
+        job_id = spec.name or "job-" + hashlib.sha256(raw).hexdigest()[:16]
+        state_dir = Path(args.state_dir) / job_id
+    return _execute(spec, args, job_id=job_id, state_dir=state_dir)
 
 
-def _execute(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
+def _execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None = None,
+             state_dir: Path | None = None) -> int:
     settings = config.load(args.config)
     progress = Progress()
     show = sys.stderr.isatty() and not args.quiet and not args.json
@@ -200,7 +209,8 @@ def _execute(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
         bar = (asyncio.create_task(display.show_progress(progress, label=spec.verb))
                if show else None)
         try:
-            return await run_job(spec, settings, progress=progress)
+            return await run_job(spec, settings, progress=progress, job_id=job_id,
+                                 state_dir=state_dir)
         finally:
             if bar:
                 bar.cancel()

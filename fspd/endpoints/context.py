@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from fspd.aws import AwsClients, AwsTarget
 from fspd.blockapi import BlockApi, BotocoreBlockApi, SignedHttpBlockApi
+from fspd.checkpoint import Checkpoint
 from fspd.config import Settings
 from fspd.progress import Progress
 from fspd.retry import RateController, Retrier
@@ -27,6 +28,7 @@ class JobContext:
     progress: Progress
     executor: ThreadPoolExecutor
     state_dir: Path
+    checkpoint: Checkpoint | None = None
     _block_apis: dict[AwsTarget, BlockApi] = field(default_factory=dict)
     _rates: dict[tuple[Any, ...], RateController] = field(default_factory=dict)
 
@@ -55,6 +57,15 @@ class JobContext:
         if rate is None:
             rate = self._rates[key] = RateController(self.settings.transfer.per_snapshot_rps)
         return rate
+
+    def resume_state(self, sink_name: str) -> dict[str, Any] | None:
+        """What an earlier, interrupted run of this job left for this destination."""
+        return self.checkpoint.sink_state(sink_name) if self.checkpoint else None
+
+    def note(self, message: str) -> None:
+        """Something the result should tell the user (a restart, a skipped resume)."""
+        if self.checkpoint is not None:
+            self.checkpoint.notes.append(message)
 
     def retrier(self, rate: RateController | None = None) -> Retrier:
         r = self.settings.retry

@@ -13,6 +13,7 @@ from fspd.aws import AwsTarget, call
 from fspd.blocks import (
     BLOCK_SIZE,
     GIB,
+    Bitmap,
     Block,
     BlockRef,
     DigestFile,
@@ -22,6 +23,7 @@ from fspd.blocks import (
     gib_for_bytes,
     is_zero,
 )
+from fspd.checkpoint import decode_bitmap, encode_bitmap
 from fspd.endpoints.context import JobContext
 from fspd.errors import BadInput, TransferFailed
 from fspd.log import get_logger
@@ -274,6 +276,7 @@ class EbsSnapshotSink:
         self._skip_zero = False
         self._fill_gaps = False
         self._digests: DigestFile | None = None
+        self._handled = Bitmap(0)
         self._grace_until = 0.0
 
     async def open(self, info: VolumeInfo) -> None:
@@ -303,8 +306,19 @@ class EbsSnapshotSink:
             params["Encrypted"] = True
         if self.kms_key_arn and encrypted:
             params["KmsKeyArn"] = self.kms_key_arn
-        ebs = await self.ctx.clients.client("ebs", self.target)
-        resp = await _control(self.ctx).run(lambda: call(ebs, "StartSnapshot", **params))
+        state = self.ctx.resume_state(self.name)
+        if state and state.get("type") == "ebs" and state.get("client_token"):
+            self.client_token = params["ClientToken"] = str(state["client_token"])
+        resp = await self._start(params)
+        if state and resp.get("Status") not in ("pending", "completed"):
+            # The interrupted run's snapshot can no longer take blocks (its Timeout passed):
+            # start a new one under a new token, and say so.
+            self.ctx.note(f"{self.name}: snapshot {resp.get('SnapshotId')} of the interrupted "
+                          f"run is {resp.get('Status')}; started a new snapshot from scratch")
+            self.client_token = params["ClientToken"] = \
+                f"{self.client_token or 'fspd'}-r{int(time.time())}"[-64:]
+            resp = await self._start(params)
+            state = None
         self.snapshot_id = str(resp["SnapshotId"])
         # Same ClientToken as a finished run: the snapshot exists and is complete already.
         self.already_complete = resp.get("Status") == "completed"
@@ -321,9 +335,36 @@ class EbsSnapshotSink:
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
         self._digests = DigestFile(self.ctx.state_dir / f"{self.snapshot_id}.digests",
                                    self._block_count)
+        self._handled = Bitmap(self._block_count)
+        if state and state.get("snapshot_id") == self.snapshot_id:
+            try:
+                self._digests.written = decode_bitmap(state["written"], self._block_count)
+                self._handled = decode_bitmap(state["handled"], self._block_count)
+            except (KeyError, ValueError) as exc:
+                raise TransferFailed(f"{self.name}: the checkpoint of snapshot "
+                                     f"{self.snapshot_id} is damaged ({exc})") from None
+            log.info("snapshot_resumed", destination=self.name, snapshot_id=self.snapshot_id,
+                     blocks_done=self._handled.count)
+
+    async def _start(self, params: dict[str, Any]) -> dict[str, Any]:
+        ebs = await self.ctx.clients.client("ebs", self.target)
+        return await _control(self.ctx).run(lambda: call(ebs, "StartSnapshot", **params))
+
+    def has(self, index: int) -> bool:
+        return self.already_complete or index in self._handled
+
+    async def checkpoint_state(self) -> dict[str, Any]:
+        assert self._digests is not None
+        written = Bitmap(self._block_count, self._digests.written.to_bytes())
+        handled = Bitmap(self._block_count, self._handled.to_bytes())
+        await self.ctx.offload(self._digests.sync)  # digests durable before they are claimed
+        return {"type": "ebs", "snapshot_id": self.snapshot_id,
+                "client_token": self.client_token, "written": encode_bitmap(written),
+                "handled": encode_bitmap(handled)}
 
     async def write(self, block: Block) -> bool:
         if (block.zero and self._skip_zero) or self.already_complete:
+            self._handled.set(block.index)
             return False
         if block.index >= self._block_count:
             raise TransferFailed(f"block {block.index} is beyond the {self.name} snapshot's "
@@ -334,6 +375,7 @@ class EbsSnapshotSink:
             lambda: self._api.put_block(sid, block.index, block.data, checksum),
             not_found_grace_until=self._grace_until)
         self._digests.record(block.index, block.digest)
+        self._handled.set(block.index)
         return True
 
     async def gap(self, gap: Gap) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fspd.blocks import (
     BLOCK_SIZE,
+    Bitmap,
     Block,
     BlockRef,
     Kind,
@@ -25,6 +26,7 @@ from fspd.blocks import (
     is_zero,
     pad_block,
 )
+from fspd.checkpoint import decode_bitmap, encode_bitmap
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.paths import check_read, check_write
 from fspd.errors import BadInput, TransferFailed
@@ -178,11 +180,13 @@ class FileSink:
                                              must_exist=(mode == "in-place"))
         self._fd = -1
         self._fresh = False
+        self.written = Bitmap(0)
         self.blocks_written = 0
         self.volume_size = 0
 
     async def open(self, info: VolumeInfo) -> None:
         self.volume_size = info.volume_size
+        self.written = Bitmap(info.block_count)
         flags = os.O_RDWR | os.O_CLOEXEC | (0 if self.device else os.O_CREAT)
         try:
             self._fd = os.open(self.path, flags, 0o644)
@@ -194,11 +198,40 @@ class FileSink:
             if size < info.volume_size:
                 raise BadInput(f"{self.raw_path} holds {size} bytes, the volume needs "
                                f"{info.volume_size}", field=f"{self.name}.path")
+            self._resume(info)
         elif self.mode == "image":
-            await self.ctx.offload(self._recreate_sparse)
-            self._fresh = True
-        elif os.fstat(self._fd).st_size < info.volume_size:
-            os.ftruncate(self._fd, info.volume_size)
+            if not self._resume(info, exact_size=True):
+                await self.ctx.offload(self._recreate_sparse)
+                self._fresh = True
+        else:
+            if os.fstat(self._fd).st_size < info.volume_size:
+                os.ftruncate(self._fd, info.volume_size)
+            self._resume(info)
+
+    def _resume(self, info: VolumeInfo, *, exact_size: bool = False) -> bool:
+        """Carry on from an interrupted run if the target still looks as it left it."""
+        state = self.ctx.resume_state(self.name)
+        if not state or state.get("type") != "file":
+            return False
+        try:
+            if exact_size and os.fstat(self._fd).st_size != info.volume_size:
+                raise ValueError("the target's size changed")
+            self.written = decode_bitmap(state["bitmap"], info.block_count)
+        except (ValueError, KeyError, OSError) as exc:
+            self.ctx.note(f"{self.name}: cannot resume ({exc}); writing it again")
+            self.written = Bitmap(info.block_count)
+            return False
+        self._fresh = bool(state.get("fresh"))
+        return True
+
+    def has(self, index: int) -> bool:
+        return index in self.written
+
+    async def checkpoint_state(self) -> dict[str, Any]:
+        bitmap = Bitmap(self.written.size, self.written.to_bytes())  # before the fsync
+        if self._fd >= 0:
+            await self.ctx.offload(os.fsync, self._fd)
+        return {"type": "file", "fresh": self._fresh, "bitmap": encode_bitmap(bitmap)}
 
     def _recreate_sparse(self) -> None:
         os.ftruncate(self._fd, 0)
@@ -216,12 +249,14 @@ class FileSink:
 
     async def write(self, block: Block) -> bool:
         if block.zero and self._fresh:
+            self.written.set(block.index)
             return False  # already a hole in the freshly truncated file
         try:
             await self.ctx.offload(self._pwrite, block)
         except OSError as exc:
             raise TransferFailed(f"writing {self.raw_path} at block {block.index}: "
                                  f"{exc.strerror}") from None
+        self.written.set(block.index)
         self.blocks_written += 1
         return not block.zero
 
