@@ -13,6 +13,10 @@ from ._blocks import aws_client, block, expect_error, make_snapshot, read_block,
 AUTH_KEY = "AKIAFSPDAUTHTEST0001"
 AUTH_SECRET = "auth-test-secret-0123456789abcdefghijklmn"
 AUTH_ACCOUNT = "111122223333"
+OTHER_KEY = "AKIAFSPDAUTHTEST0002"
+OTHER_SECRET = "other-test-secret-0123456789abcdefghijklm"
+OTHER_ACCOUNT = "444455556666"
+DENIED_REASONS = {"UNAUTHORIZED_ACCOUNT", "DEPENDENCY_ACCESS_DENIED"}
 
 
 # --- regions (shared emulator) ---------------------------------------------------------------
@@ -54,7 +58,7 @@ async def test_deny_rule_fails_one_operation_in_one_region_only(emulator, ebs):
         sid_eu = await make_snapshot(eu, {0: block(0)})
         emulator.config(deny=[{"operations": ["ListSnapshotBlocks"], "region": "eu-west-1"}])
         await expect_error(eu.list_snapshot_blocks(SnapshotId=sid_eu),
-                           "AccessDeniedException", 403)
+                           "AccessDeniedException", 403, DENIED_REASONS)
         # Other operations in that region still work.
         await eu.start_snapshot(VolumeSize=1)
     listed = await ebs.list_snapshot_blocks(SnapshotId=sid_us)
@@ -82,7 +86,8 @@ async def test_reset_clears_deny_rules(emulator, ebs):
 def auth_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorControl]:
     proc = EmulatorProcess(
         data_dir=tmp_path_factory.mktemp("emulator-auth"),
-        args=["--access-key", f"{AUTH_KEY}:{AUTH_SECRET}:{AUTH_ACCOUNT}"],
+        args=["--access-key", f"{AUTH_KEY}:{AUTH_SECRET}:{AUTH_ACCOUNT}",
+              "--access-key", f"{OTHER_KEY}:{OTHER_SECRET}:{OTHER_ACCOUNT}"],
     )
     proc.start()
     try:
@@ -107,7 +112,8 @@ async def test_known_access_key_works_and_owns_snapshot(auth_emulator):
 async def test_unknown_access_key_is_access_denied(auth_emulator):
     async with aws_client("ebs", auth_emulator.url, access_key="AKIAUNKNOWNKEY000001",
                           secret_key=AUTH_SECRET) as client:
-        await expect_error(client.start_snapshot(VolumeSize=1), "AccessDeniedException", 403)
+        await expect_error(client.start_snapshot(VolumeSize=1), "AccessDeniedException", 403,
+                           DENIED_REASONS)
 
 
 async def test_wrong_secret_is_403(auth_emulator):
@@ -153,3 +159,19 @@ async def test_deny_rule_on_ec2_operation_is_unauthorized_operation(emulator, ec
     await expect_error(ec2.describe_snapshots(OwnerIds=["self"]), "UnauthorizedOperation", 403)
     regions = (await ec2.describe_regions())["Regions"]
     assert regions
+
+
+async def test_other_accounts_snapshot_is_not_visible(auth_emulator):
+    async with aws_client("ebs", auth_emulator.url, access_key=AUTH_KEY,
+                          secret_key=AUTH_SECRET) as mine:
+        sid = await make_snapshot(mine, {0: block("acct")})
+    async with aws_client("ebs", auth_emulator.url, access_key=OTHER_KEY,
+                          secret_key=OTHER_SECRET) as theirs, \
+            aws_client("ec2", auth_emulator.url, access_key=OTHER_KEY,
+                       secret_key=OTHER_SECRET) as theirs_ec2:
+        await expect_error(theirs.list_snapshot_blocks(SnapshotId=sid),
+                           "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND")
+        await expect_error(theirs_ec2.describe_snapshots(SnapshotIds=[sid]),
+                           "InvalidSnapshot.NotFound", 400)
+        other = await theirs.start_snapshot(VolumeSize=1)
+        assert other["OwnerId"] == OTHER_ACCOUNT
