@@ -51,12 +51,12 @@ async def _burst_get(url: str, sid: str, token: str, n: int) -> list[object]:
 
 async def test_burst_over_low_get_rate_is_throttled_and_counted(emulator, ebs1):
     sid, token = await _one_block(ebs1)
-    emulator.config(throttling=True, get_rate=20, burst_seconds=1)
+    emulator.config(throttling=True, get_rate=10, burst_seconds=1)
     emulator.reset_stats()
     results = await _burst_get(emulator.url, sid, token, 80)
     errors = [r for r in results if isinstance(r, ClientError)]
     ok = [r for r in results if isinstance(r, bytes)]
-    assert errors, "80 concurrent GETs at a 20/s limit were never throttled"
+    assert errors, "80 concurrent GETs at a 10/s limit were never throttled"
     assert ok, "even a throttled burst lets the allowed rate through"
     for err in errors:
         _assert_throttled(err)
@@ -90,7 +90,7 @@ async def test_list_rate_throttles_list_calls(emulator, ebs1):
 
 async def test_put_rate_throttles_puts(emulator, ebs1):
     sid = (await ebs1.start_snapshot(VolumeSize=1))["SnapshotId"]
-    emulator.config(throttling=True, put_rate=10, burst_seconds=1)
+    emulator.config(throttling=True, put_rate=5, burst_seconds=1)
     data = block("pr")
 
     async def one(i: int) -> object:
@@ -244,7 +244,7 @@ async def test_default_quotas_throttle_a_burst_of_start_snapshot(emulator, ebs1)
 async def test_account_get_rate_throttles_across_snapshots(emulator, ebs1):
     a, tok_a = await _one_block(ebs1)
     b, tok_b = await _one_block(ebs1)
-    emulator.config(throttling=True, get_rate=1000, account_get_rate=20, burst_seconds=1)
+    emulator.config(throttling=True, get_rate=1000, account_get_rate=5, burst_seconds=1)
     async with aws_client("ebs", emulator.url, max_pool_connections=60) as client:
         async def one(sid: str, tok: str) -> object:
             try:
@@ -254,7 +254,7 @@ async def test_account_get_rate_throttles_across_snapshots(emulator, ebs1):
         results = await asyncio.gather(*(one(a, tok_a) for _ in range(30)),
                                        *(one(b, tok_b) for _ in range(30)))
     errors = [r for r in results if isinstance(r, ClientError)]
-    # 60 GETs over two snapshots, each far under its 1000/s, but over the account's 20/s.
+    # 60 GETs over two snapshots, each far under its 1000/s, but over the account's 5/s.
     assert len(errors) >= 10
     for err in errors:
         _assert_throttled(err)
