@@ -76,16 +76,11 @@ def _pieces(total: int) -> Iterator[tuple[int, int]]:
         yield offset, min(PIECE, total - offset)
 
 
-def same_bytes(total: int, left: Callable[[int, int], bytes],
-               right: Callable[[int, int], bytes]) -> str | None:
-    """None if equal, else where they first differ."""
-    for offset, length in _pieces(total):
-        a, b = left(offset, length), right(offset, length)
-        if a != b:
-            at = next(i for i in range(min(len(a), len(b))) if a[i] != b[i]) if len(a) == len(
-                b) else min(len(a), len(b))
-            return f"differ at byte {offset + at}"
-    return None
+def _first_difference(a: bytes, b: bytes, offset: int) -> str | None:
+    if a == b:
+        return None
+    at = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+    return f"differ at byte {offset + at}"
 
 
 def _file_reader(path: Path, size: int) -> Callable[[int, int], bytes]:
@@ -231,18 +226,29 @@ class Demo:
             if rec["state"] != "completed":
                 checks.append((f"{kind} finished", f"{rec['state']}: "
                                f"{(rec.get('error') or {}).get('message')}"))
+        # One pass over the volume; each piece of the source is fetched once for two checks.
+        compare: list[tuple[str, Callable[[int, int], bytes], Callable[[int, int], bytes]]] = []
         if records["download"]["state"] == "completed":
             download = Path(values["download_path"])
-            checks.append(("download equals the source snapshot", same_bytes(
-                size, _file_reader(download, download.stat().st_size), src)))
-        if (snap := snapshot_of("upload")) is not None:
-            checks.append((f"uploaded {snap} equals {image.name}", same_bytes(
-                size, _file_reader(image, image.stat().st_size),
-                lambda o, n: control.image(snap, offset=o, length=n))))
-        if (snap := snapshot_of("copy-region")) is not None:
-            checks.append((f"copy {snap} in us-west-2 equals the source", same_bytes(
-                size, lambda o, n: control.image(snap, region="us-west-2", offset=o, length=n),
-                src)))
+            compare.append(("download equals the source snapshot",
+                            _file_reader(download, download.stat().st_size), src))
+        if (up := snapshot_of("upload")) is not None:
+            compare.append((f"uploaded {up} equals {image.name}",
+                            _file_reader(image, image.stat().st_size),
+                            lambda o, n: control.image(up, offset=o, length=n)))
+        if (copy := snapshot_of("copy-region")) is not None:
+            compare.append((f"copy {copy} in us-west-2 equals the source",
+                            lambda o, n: control.image(copy, region="us-west-2", offset=o,
+                                                       length=n), src))
+        problems: dict[str, str | None] = {name: None for name, _, _ in compare}
+        for offset, length in _pieces(size):
+            source_piece = src(offset, length)
+            for name, left, right in compare:
+                if problems[name] is None:
+                    a = left(offset, length)
+                    b = source_piece if right is src else right(offset, length)
+                    problems[name] = _first_difference(a, b, offset)
+        checks += list(problems.items())
         _say("\nfspd demo report")
         for kind, rec in records.items():
             result = rec.get("result") or {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("fspd", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(self.path)
 
 
 class Daemon:
@@ -64,7 +77,11 @@ class Daemon:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"fspd serve exited {self.proc.returncode}:\n{self.log()}")
-        return self.cli("status", "--json").returncode == 0
+        try:
+            self.api("/v1/status")
+        except OSError:
+            return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -79,10 +96,24 @@ class Daemon:
     def submit(self, text: str, name: str = "job.toml") -> str:
         return self.spool.submit(text.encode(), name)
 
+    def api(self, path: str, *, missing_ok: bool = False) -> Any:
+        """GET a control-socket path in-process (cheaper than a CLI process for polling)."""
+        conn = _UnixHTTPConnection(self.socket)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if missing_ok and resp.status == 404:
+            return None
+        assert resp.status == 200, body
+        return json.loads(body)
+
     def job(self, name: str) -> dict[str, Any]:
-        done = self.cli("status", name, "--json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        """The job's record, once the daemon has noticed the file."""
+        return wait_for(lambda: self.api(f"/v1/jobs/{name}", missing_ok=True), 10,
+                        f"the daemon to notice {name}")
 
     def wait_finished(self, name: str, timeout: float = 30) -> str:
         """The box (done/failed) the job file lands in."""

@@ -43,6 +43,8 @@ def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
     wait_for(lambda: _state(d, job) == "running", what="running")
     table = d.cli("status")
     assert table.returncode == 0 and job[:30] in table.stdout and "running" in table.stdout
+    detail = d.cli("status", job)
+    assert detail.returncode == 0 and "stage fetch" in detail.stdout, detail.stderr
     status = json.loads(d.cli("status", "--json").stdout)
     assert status["bandwidth_bytes_per_s"] == 8_000_000 and status["counts"] == {"running": 1}
 
@@ -59,7 +61,7 @@ def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
 
     bw = d.cli("bandwidth", "4MiB")
     assert bw.returncode == 0 and "4.0 MiB/s" in bw.stdout
-    assert json.loads(d.cli("status", "--json").stdout)["bandwidth_bytes_per_s"] == 4 << 20
+    assert d.api("/v1/status")["bandwidth_bytes_per_s"] == 4 << 20
 
     cancelled = d.cli("cancel", job)
     assert cancelled.returncode == 0, cancelled.stderr
