@@ -2,9 +2,10 @@
 global limits (``max_jobs``, one shared :class:`~fspd.budget.Bandwidth`), finished into
 done/ or failed/.
 
-A job's id is its spool file name. Restarted jobs (found in active/ at start, or in active/
-unlocked, left by a daemon that died) run again from the beginning; ``JobRecord.restarted`` and
-the stable per-job ``state_dir`` are where resume-from-checkpoint slots in.
+A job's id is its spool file name. Jobs put back by SIGTERM, or found in active/ unlocked (left
+by a daemon that died), run again with the same engine job id and the same per-job
+``state_dir``, so the engine resumes from its checkpoint there (and reuses its ClientTokens);
+``JobRecord.restarted`` marks the ones found in active/.
 """
 
 from __future__ import annotations

@@ -17,7 +17,13 @@ import pytest
 
 from fspd.daemon.sdnotify import Notifier, listen_fds
 from fspd.emulator.control import EmulatorControl
-from tests.daemon.conftest import Daemon, assert_file_is_snapshot, download_job, wait_for
+from tests.daemon.conftest import (
+    Daemon,
+    assert_file_is_snapshot,
+    download_job,
+    upload_job,
+    wait_for,
+)
 
 
 class FakeSystemd:
@@ -174,3 +180,22 @@ def test_socket_activation_serves_on_the_inherited_fd(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert path.exists()  # systemd's socket: not ours to remove
+
+
+def test_sigterm_mid_upload_then_restart_completes_one_snapshot_with_the_file_bytes(
+        make_daemon, emulator: EmulatorControl, tmp_path: Path) -> None:
+    d: Daemon = make_daemon("--bandwidth", "8M")
+    image = tmp_path / "in.img"
+    image.write_bytes(os.urandom(24 << 20) + bytes(4 << 20) + os.urandom(3 << 20))
+    job = d.submit(upload_job(emulator, image))
+    wait_for(lambda: d.job(job)["progress"]["blocks_done"] > 5, what="the upload to move")
+    assert d.stop() == 0
+    assert (d.spool.box("new") / job).exists()
+
+    d.start(["--bandwidth", "0"])
+    assert d.wait_finished(job) == "done"
+    result = d.sidecar("done", job)
+    snap = result["destinations"][0]["snapshot_id"]
+    assert emulator.image(snap, length=image.stat().st_size) == image.read_bytes()
+    # The restart continued the same snapshot (same job id, same ClientToken, same state dir).
+    assert [s["id"] for s in emulator.snapshots() if s["status"] == "completed"] == [snap]
