@@ -161,18 +161,36 @@ class Pipeline:
         except BaseExceptionGroup as group:
             error = _first_cause(group)
             await self._save_checkpoint(resumable)
-            await self._abort_all(error)
+            notes = await self._abort_all(error)
+            if isinstance(error, FspdError) and notes:
+                error = type(error)(f"{error} ({'; '.join(notes)})")
             raise error from None
         except BaseException as error:
             await self._save_checkpoint(resumable)
             await self._abort_all(error)
             raise
         results = []
-        for st in self.sinks:
+        for position, st in enumerate(self.sinks):
             if st.error is not None:
                 results.append(await st.sink.abort(st.error))
-            else:
+                continue
+            try:
                 results.append(await st.sink.commit())
+            except (FspdError, OSError) as exc:
+                record = await st.sink.abort(exc)
+                if st.policy == "drop" and len(self.sinks) > 1:
+                    st.error = exc
+                    self.progress.error(f"{st.sink.name}: {exc}")
+                    results.append(record)
+                    continue
+                notes = [str(record["note"])] if record.get("note") else []
+                for rest in self.sinks[position + 1:]:
+                    later = await rest.sink.abort(exc)
+                    if later.get("note"):
+                        notes.append(str(later["note"]))
+                if isinstance(exc, FspdError) and notes:
+                    raise type(exc)(f"{exc} ({'; '.join(notes)})") from None
+                raise
         if all(st.error is not None for st in self.sinks):
             raise TransferFailed("every destination failed: " + "; ".join(
                 f"{st.sink.name}: {st.error}" for st in self.sinks))
@@ -197,12 +215,19 @@ class Pipeline:
     def _already_done(self, index: int) -> bool:
         return bool(self._has) and all(has(index) for has in self._has)
 
-    async def _abort_all(self, error: BaseException) -> None:
+    async def _abort_all(self, error: BaseException) -> list[str]:
+        """Abort every sink; return what they say the user should know (a snapshot left
+        pending, say), so the job's error carries it."""
+        notes = []
         for st in self.sinks:
             try:
-                await st.sink.abort(st.error or error)
+                record = await st.sink.abort(st.error or error)
             except Exception as exc:
                 log.warning("abort_failed", sink=st.sink.name, error=str(exc))
+                continue
+            if record.get("note"):
+                notes.append(str(record["note"]))
+        return notes
 
     async def _list(self) -> None:
         listed = 0

@@ -300,7 +300,7 @@ def _page_body(state: State, ctx: Ctx, second: str, first: str | None, limit: in
     if next_start < limit:
         body["NextToken"] = state.tokens.make(
             page_binding(ctx.region, ctx.op, second, first), next_start,
-            int(now + state.config["page_token_ttl"]))
+            now + state.config["page_token_ttl"])
     return body
 
 
@@ -314,7 +314,7 @@ async def list_snapshot_blocks(state: State, ctx: Ctx, request: web.Request) -> 
             break
     body = _page_body(state, ctx, snap.id, None, snap.nblocks, stop, items, max_results,
                       snap.volume_size)
-    expiry = int(body["ExpiryTime"])
+    expiry = float(body["ExpiryTime"])
     binding = block_binding(ctx.region, snap.id)
     make = state.tokens.make
     body["Blocks"] = [{"BlockIndex": i, "BlockToken": make(binding, i, expiry)} for i in items]
@@ -353,7 +353,7 @@ async def list_changed_blocks(state: State, ctx: Ctx, request: web.Request) -> w
             break
     body = _page_body(state, ctx, second.id, first_id, limit, stop, items, max_results,
                       second.volume_size)
-    expiry = int(body["ExpiryTime"])
+    expiry = float(body["ExpiryTime"])
     b1 = block_binding(ctx.region, first.id) if first is not None else b""
     b2 = block_binding(ctx.region, second.id)
     make = state.tokens.make

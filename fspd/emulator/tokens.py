@@ -1,6 +1,6 @@
 """HMAC-signed block tokens and page tokens.
 
-A token is ``base64(expiry:u64 | value:u64 | mac[:16])``; the MAC covers what the token is
+A token is ``base64(expiry_ms:u64 | value:u64 | mac[:16])``; the MAC covers what the token is
 bound to (kind, region, snapshot ids, block index), which therefore need not be inside it.
 The key is random per server process and per reset, so old tokens die with a reset.
 """
@@ -24,8 +24,11 @@ class TokenSigner:
     def _mac(self, binding: bytes, expiry: int, value: int) -> bytes:
         return hmac.digest(self.key, binding + _PACK.pack(expiry, value), "sha256")[:16]
 
-    def make(self, binding: bytes, value: int, expiry: int) -> str:
-        raw = _PACK.pack(expiry, value) + self._mac(binding, expiry, value)
+    def make(self, binding: bytes, value: int, expiry: float) -> str:
+        """A token valid until ``expiry`` (epoch seconds), kept to the millisecond so that
+        short test lifetimes (a fraction of a second) behave."""
+        expiry_ms = int(expiry * 1000)
+        raw = _PACK.pack(expiry_ms, value) + self._mac(binding, expiry_ms, value)
         return base64.b64encode(raw).decode()
 
     def check(self, binding: bytes, token: str, now: float | None = None) -> int | None:
@@ -39,7 +42,7 @@ class TokenSigner:
         expiry, value = _PACK.unpack_from(raw)
         if not hmac.compare_digest(raw[16:], self._mac(binding, expiry, value)):
             return None
-        if expiry < (time.time() if now is None else now):
+        if expiry / 1000 < (time.time() if now is None else now):
             return None
         return value
 

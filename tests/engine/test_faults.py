@@ -115,3 +115,31 @@ async def test_put_with_wrong_data_is_never_completed(
                    "destinations": [{"type": "ebs", "endpoint_url": emulator.url}]})
     statuses = {s["status"] for s in emulator.snapshots()}
     assert "completed" not in statuses
+
+
+async def test_a_failed_upload_says_which_snapshot_it_left_pending(
+        emulator: EmulatorControl, tmp_path: Path) -> None:
+    make_image(tmp_path / "src.img", "DD", seed=26)
+    emulator.config(deny=[{"operations": ["CompleteSnapshot"]}])
+    with pytest.raises(PermissionProblem) as info:
+        await run({"source": {"type": "file", "path": str(tmp_path / "src.img")},
+                   "destinations": [{"type": "ebs", "endpoint_url": emulator.url}]})
+    pending = emulator.snapshots()[0]
+    assert pending["status"] == "pending"
+    assert f"snapshot {pending['id']} in us-east-1 was left pending" in str(info.value)
+
+
+async def test_expired_block_tokens_are_refreshed_by_listing_again(
+        emulator: EmulatorControl, tmp_path: Path) -> None:
+    image = make_image(tmp_path / "src.img", "DDDDDDDD", seed=27)
+    snap = await upload(emulator.url, tmp_path / "src.img")
+    # Tokens live 0.3 s; each GET takes 0.2 s and only two run at once: the later blocks'
+    # tokens, handed out by the first listing, expire before their turn comes.
+    emulator.config(block_token_ttl=0.3)
+    emulator.faults(latency_ms=200, operations=["GetSnapshotBlock"])
+    progress = Progress()
+    out = tmp_path / "out.img"
+    await download(emulator.url, snap, out, progress=progress,
+                   settings=fast_settings(fetch_concurrency=2))
+    assert progress.retries["token_refreshed"] > 0
+    assert_volume_file(out, image)
