@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import stat
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -119,7 +120,10 @@ class FileSource:
 
     async def entries(self) -> AsyncIterator[BlockRef | Gap]:
         count = blocks_for_bytes(self.size)
-        ranges = await self.ctx.offload(_data_ranges, self._fd, self.size)
+        # Only a regular file's holes are known zeros; a block device answers SEEK_DATA in
+        # ways that say nothing about its content, so every block of it is read.
+        regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        ranges = await self.ctx.offload(_data_ranges, self._fd, self.size) if regular else None
         if ranges is None:
             for index in range(count):
                 yield BlockRef(index)
