@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -162,6 +163,7 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield make
     for d in made:
         d.stop()
+        shutil.rmtree(d.sock_dir, ignore_errors=True)
 
 
 @pytest.fixture
