@@ -132,7 +132,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         flag = "--" + str(first["loc"][-1]).removesuffix("_s").replace("_", "-")
         raise BadInput(first["msg"], field=flag) from None
-    log.configure(settings.log_level, json=args.log_json)
+    try:
+        log.configure(settings.log_level, json=args.log_json)
+    except KeyError:
+        raise BadInput(f"{settings.log_level!r} is not one of debug, info, warning, error",
+                       field="log_level") from None
     return serve(settings, config_path=args.config, overrides=overrides,
                  log_json=args.log_json)
 

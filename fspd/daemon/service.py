@@ -263,7 +263,12 @@ class Service:
         self.settings, self.policy = new, policy
         self.scheduler.apply(new)
         if new.log_level != old.log_level:
-            log.configure(new.log_level, json=self.log_json)
+            try:
+                log.configure(new.log_level, json=self.log_json)
+            except KeyError:
+                log.configure(old.log_level, json=self.log_json)
+                logger.error("reload_bad_log_level", log_level=new.log_level,
+                             kept=old.log_level)
         logger.info("reloaded", changed=changed,
                     note="transfer/retry settings apply to jobs started from now on")
         self.update_status()
