@@ -25,6 +25,7 @@ async def test_describe_snapshot_by_id_fields(ebs, ec2):
     assert snap["Encrypted"] is False
     assert snap["Progress"] == "100%"
     assert isinstance(snap["StartTime"], dt.datetime)
+    assert abs((snap["StartTime"] - started["StartTime"]).total_seconds()) < 1
     assert {t["Key"]: t["Value"] for t in snap["Tags"]} == {"Name": "one"}
 
 

@@ -118,6 +118,13 @@ async def test_synthetic_in_another_region(emulator):
         snaps = (await eu.describe_snapshots(SnapshotIds=[sid]))["Snapshots"]
     assert [s["SnapshotId"] for s in snaps] == [sid]
     assert emulator.snapshots(region="us-east-1") == []
+    async with aws_client("ebs", emulator.url, region="eu-west-1") as eu_ebs:
+        listed, _ = await list_all(eu_ebs, sid)
+        first = listed[0]
+        data, _ = await read_block(eu_ebs, sid, first["BlockIndex"], first["BlockToken"])
+    img = emulator.image(sid, region="eu-west-1", offset=first["BlockIndex"] * BLOCK_SIZE,
+                         length=BLOCK_SIZE)
+    assert img == data
 
 
 async def test_synthetic_child_has_lineage_with_parent(emulator, ebs):
