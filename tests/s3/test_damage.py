@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from fspd.cli import main
 from fspd.errors import FspdError
 from tests.s3._support import make_image, run, s3_client
 
@@ -66,14 +65,15 @@ async def test_damaged_archive_fails_restore_naming_the_object(
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=list(DAMAGE))
 def test_damaged_archive_fails_verify_naming_the_object(
         moto: str, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        fspd_cli: Callable[..., int],
         damage: Callable[[Any, str], str]) -> None:
     make_image(tmp_path / "src.img", LAYOUT, seed=7)
-    assert main(["movetos3", str(tmp_path / "src.img"), f"s3://{bucket}/dmg",
-                 "--s3-endpoint-url", moto, "-q"]) == 0
-    assert main(["verify", f"s3://{bucket}/dmg", "--s3-endpoint-url", moto]) == 0
+    assert fspd_cli("movetos3", str(tmp_path / "src.img"), f"s3://{bucket}/dmg",
+                 "--s3-endpoint-url", moto, "-q") == 0
+    assert fspd_cli("verify", f"s3://{bucket}/dmg", "--s3-endpoint-url", moto) == 0
     capsys.readouterr()
     key = damage(s3_client(moto), bucket)
-    assert main(["verify", f"s3://{bucket}/dmg", "--s3-endpoint-url", moto]) == 4
+    assert fspd_cli("verify", f"s3://{bucket}/dmg", "--s3-endpoint-url", moto) == 4
     out = capsys.readouterr()
     assert f"s3://{bucket}/{key}" in out.out
     assert f"s3://{bucket}/{key}" in out.err
@@ -81,11 +81,12 @@ def test_damaged_archive_fails_verify_naming_the_object(
 
 
 def test_verify_reports_every_segment_and_block_it_checked(
-        moto: str, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        moto: str, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        fspd_cli: Callable[..., int]) -> None:
     make_image(tmp_path / "src.img", LAYOUT, seed=7)
-    assert main(["movetos3", str(tmp_path / "src.img"), f"s3://{bucket}/ok",
-                 "--s3-endpoint-url", moto, "-q"]) == 0
-    assert main(["verify", f"s3://{bucket}/ok", "--s3-endpoint-url", moto, "--json"]) == 0
+    assert fspd_cli("movetos3", str(tmp_path / "src.img"), f"s3://{bucket}/ok",
+                 "--s3-endpoint-url", moto, "-q") == 0
+    assert fspd_cli("verify", f"s3://{bucket}/ok", "--s3-endpoint-url", moto, "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True
     (only,) = report["archives"]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
 
-from fspd.cli import main
 from fspd.errors import FspdError
 from tests.s3._support import GIB, B, run, s3_client
 
@@ -100,14 +100,15 @@ async def test_an_fsp_segment_that_does_not_match_its_key_fails_naming_it(
 
 
 def test_verify_checks_an_fsp_archive_and_reports_the_missing_tail(
-        moto: str, bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+        moto: str, bucket: str, capsys: pytest.CaptureFixture[str],
+        fspd_cli: Callable[..., int]) -> None:
     s3 = s3_client(moto)
     keys = write_fsp_archive(s3, bucket)
     url = f"s3://{bucket}/{PREFIX}"
-    assert main(["verify", url, "--format", "fsp", "--s3-endpoint-url", moto]) == 0
+    assert fspd_cli("verify", url, "--format", "fsp", "--s3-endpoint-url", moto) == 0
     assert "7 blocks verified" in capsys.readouterr().out
     s3.delete_object(Bucket=bucket, Key=keys[-1])
-    assert main(["verify", url, "--format", "fsp", "--s3-endpoint-url", moto]) == 4
+    assert fspd_cli("verify", url, "--format", "fsp", "--s3-endpoint-url", moto) == 4
     assert "does not cover blocks [65, 2048)" in capsys.readouterr().err
 
 
