@@ -1,13 +1,19 @@
-"""Limits shared across jobs (bandwidth) and per-job controls (pause/resume).
+"""Limits shared across jobs, and per-job controls.
 
-The daemon holds one :class:`Bandwidth` for all jobs and changes its rate at run time; each job
-has a :class:`JobControl`. The pipeline asks both before every block it fetches.
+One :class:`SharedLimits` per process (the daemon's, or a foreground run's) holds what every
+job draws from: the bandwidth token bucket (changeable at run time), request pacing per
+snapshot and per account (AWS's quotas apply to all of them together), and a budget of
+blocks buffered in memory. Each job has a :class:`JobControl` for pause/resume. The pipeline
+asks both before every block it fetches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+from fspd.retry import RateController
 
 
 class Bandwidth:
@@ -49,13 +55,54 @@ class Bandwidth:
                 await asyncio.sleep(min(1.0, (nbytes - self._tokens) / rate))
 
 
+class SharedLimits:
+    """Budgets shared by every job of one process."""
+
+    def __init__(self, *, per_snapshot_rps: float, per_account_rps: float,
+                 max_buffered_blocks: int, bandwidth: Bandwidth | None = None) -> None:
+        self.per_snapshot_rps = per_snapshot_rps
+        self.per_account_rps = per_account_rps
+        self.bandwidth = bandwidth or Bandwidth()
+        self.max_buffered_blocks = max_buffered_blocks
+        self._memory: asyncio.Semaphore | None = None
+        self._rates: dict[tuple[Any, ...], RateController] = {}
+
+    @classmethod
+    def from_settings(cls, transfer: Any, bandwidth: Bandwidth | None = None) -> SharedLimits:
+        return cls(per_snapshot_rps=transfer.per_snapshot_rps,
+                   per_account_rps=transfer.per_account_rps,
+                   max_buffered_blocks=transfer.max_buffered_blocks, bandwidth=bandwidth)
+
+    @property
+    def memory(self) -> asyncio.Semaphore:
+        """Blocks in memory across all jobs (created on first use, inside the loop)."""
+        if self._memory is None:
+            self._memory = asyncio.Semaphore(self.max_buffered_blocks)
+        return self._memory
+
+    def rate(self, op: str, account: Any, snapshot_id: str) -> RateController:
+        """Pacing for one snapshot's Get or Put stream, chained to its account's: AWS caps
+        both (1,000/s per snapshot; 1,000/s per account and region by default)."""
+        key = (op, account, snapshot_id)
+        rate = self._rates.get(key)
+        if rate is None:
+            account_key = (op, account)
+            parent = self._rates.get(account_key)
+            if parent is None:
+                parent = self._rates[account_key] = RateController(self.per_account_rps)
+            rate = self._rates[key] = RateController(self.per_snapshot_rps, parent=parent)
+        return rate
+
+
 class JobControl:
     """Pause/resume for one job. A paused job finishes the blocks in flight, then waits."""
 
-    def __init__(self, bandwidth: Bandwidth | None = None) -> None:
+    def __init__(self, bandwidth: Bandwidth | None = None,
+                 limits: SharedLimits | None = None) -> None:
         self._running = asyncio.Event()
         self._running.set()
-        self.bandwidth = bandwidth
+        self.limits = limits
+        self.bandwidth = bandwidth or (limits.bandwidth if limits else None)
 
     @property
     def paused(self) -> bool:

@@ -93,12 +93,13 @@ _STOP = object()
 class _Fanout:
     """A block travelling to several sinks; counted done when the last sink has it."""
 
-    __slots__ = ("block", "remaining", "skipped")
+    __slots__ = ("block", "held", "remaining", "skipped")
 
-    def __init__(self, block: Block, remaining: int) -> None:
+    def __init__(self, block: Block, remaining: int, held: bool) -> None:
         self.block = block
         self.remaining = remaining
         self.skipped = True
+        self.held = held  # holds a permit of the shared memory budget
 
 
 @dataclass
@@ -114,7 +115,8 @@ class Pipeline:
                  fetch_concurrency: int, queue_blocks: int,
                  sink_policies: list[str] | None = None,
                  control: JobControl | None = None, checkpoint: Checkpoint | None = None,
-                 checkpoint_interval: float = 5.0) -> None:
+                 checkpoint_interval: float = 5.0,
+                 memory: asyncio.Semaphore | None = None) -> None:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
         self.source = source
@@ -123,6 +125,10 @@ class Pipeline:
         self.control = control or JobControl()
         self.checkpoint = checkpoint
         self._has: list[Any] = []
+        # Blocks in memory are bounded across all jobs of the process by ``memory``; the
+        # permits this pipeline holds are counted so that none leaks when it is cancelled.
+        self._memory = memory
+        self._held = 0
         self.checkpoint_interval = checkpoint_interval
         self._fetch_q: asyncio.Queue[Any] = asyncio.Queue(queue_blocks)
         policies = sink_policies or ["fail"] * len(sinks)
@@ -143,6 +149,18 @@ class Pipeline:
             return [await st.sink.commit() for st in self.sinks]
         resumable = self.checkpoint is not None and all(
             hasattr(st.sink, "checkpoint_state") for st in self.sinks)
+        try:
+            return await self._run(resumable)
+        finally:
+            while self._held:
+                self._release()
+
+    def _release(self) -> None:
+        if self._memory is not None and self._held:
+            self._held -= 1
+            self._memory.release()
+
+    async def _run(self, resumable: bool) -> list[dict[str, Any]]:
         try:
             async with asyncio.TaskGroup() as tg:
                 journal = tg.create_task(self._journal()) if resumable else None
@@ -169,6 +187,11 @@ class Pipeline:
             await self._save_checkpoint(resumable)
             await self._abort_all(error)
             raise
+        return await self._commit_all()
+
+    async def _commit_all(self) -> list[dict[str, Any]]:
+        """Commit each sink. One that fails is aborted; with the "drop" policy the others
+        carry on, otherwise the rest are aborted too and the error says what was left."""
         results = []
         for position, st in enumerate(self.sinks):
             if st.error is not None:
@@ -259,19 +282,27 @@ class Pipeline:
         stats = self._fetch_stats
         while (ref := await self._fetch_q.get()) is not _STOP:
             await self.control.admit(BLOCK_SIZE)
+            if self._memory is not None:
+                await self._memory.acquire()
+                self._held += 1
             stats.in_flight += 1
             try:
                 block = await self.source.fetch(ref)
+            except BaseException:
+                self._release()
+                raise
             finally:
                 stats.in_flight -= 1
             stats.done += 1
-            await self._to_sinks(block)
+            await self._to_sinks(block, held=self._memory is not None)
 
-    async def _to_sinks(self, item: Block | Gap) -> None:
+    async def _to_sinks(self, item: Block | Gap, *, held: bool = False) -> None:
         live = [st for st in self.sinks if st.error is None]
         if not live:
+            if held:
+                self._release()
             return
-        carrier: Any = _Fanout(item, len(live)) if isinstance(item, Block) else item
+        carrier: Any = _Fanout(item, len(live), held) if isinstance(item, Block) else item
         for st in live:
             await st.queue.put(carrier)
 
@@ -312,6 +343,8 @@ class Pipeline:
             item.skipped = False
         if item.remaining == 0:
             self.progress.block_done(skipped=item.skipped)
+            if item.held:
+                self._release()
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

@@ -120,6 +120,12 @@ def fatal_error(exc: BaseException) -> FspdError:
     return TransferFailed(f"{type(exc).__name__}: {exc}")
 
 
+def _account_level(exc: BaseException) -> bool:
+    """Throttled for the account (all snapshots), rather than for one snapshot."""
+    return isinstance(exc, ApiError) and (exc.reason == "ACCOUNT_THROTTLED"
+                                          or exc.code == "ThrottlingException")
+
+
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff (AWS architecture blog's recommended variant)."""
     return random.uniform(0, min(cap, base * (2 ** attempt)))
@@ -133,7 +139,9 @@ class RateController:
     Callers ``await acquire()`` before each request.
     """
 
-    def __init__(self, max_rate: float, *, min_rate: float = 1.0) -> None:
+    def __init__(self, max_rate: float, *, min_rate: float = 1.0,
+                 parent: RateController | None = None) -> None:
+        self.parent = parent  # a wider stream this one is part of (the account's)
         self.max_rate = max_rate
         self.min_rate = min_rate
         self.rate = max_rate
@@ -152,13 +160,21 @@ class RateController:
         self._next_slot = slot + 1.0 / self.rate
         if slot > now:
             await asyncio.sleep(slot - now)
+        if self.parent is not None:
+            await self.parent.acquire()
 
     def on_success(self) -> None:
+        if self.parent is not None:
+            self.parent.on_success()
         if self.rate < self.max_rate:
             self.rate = min(self.max_rate, max(self.min_rate,
                             self._cubic.success_received(time.monotonic())))
 
-    def on_throttle(self) -> None:
+    def on_throttle(self, *, account: bool = False) -> None:
+        """Slow down after a throttle; ``account`` throttles slow the whole account."""
+        if account and self.parent is not None:
+            self.parent.on_throttle()
+            return
         self.throttle_events += 1
         now = time.monotonic()
         # One cut per burst of throttles: many requests in flight fail together.
@@ -201,7 +217,7 @@ class Retrier:
                 if verdict is Verdict.THROTTLED:
                     throttles += 1
                     if self.rate is not None:
-                        self.rate.on_throttle()
+                        self.rate.on_throttle(account=_account_level(exc))
                     if throttles >= self.max_throttle_attempts:
                         raise TransferFailed(
                             f"still throttled after {throttles} attempts: {exc}") from None

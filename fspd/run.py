@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tempfile
 import time
 import uuid
@@ -17,7 +18,7 @@ from aiobotocore.session import AioSession
 
 from fspd.aws import AwsClients, AwsTarget, call
 from fspd.blocks import BLOCK_SIZE, Kind
-from fspd.budget import JobControl
+from fspd.budget import JobControl, SharedLimits
 from fspd.checkpoint import Checkpoint, spec_digest
 from fspd.config import Settings
 from fspd.endpoints.context import JobContext
@@ -85,7 +86,7 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
                    SOURCE_REGION_TAG: target_for(spec.source).region}
     for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
         if isinstance(dest, EbsDestinationSpec):
-            token = dest.client_token or f"fspd-{ctx.job_id}-{name}"[:64]
+            token = dest.client_token or default_client_token(ctx.job_id, name)
             sinks.append(EbsSnapshotSink(
                 ctx, target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
                 volume_size_gib=dest.volume_size_gib, description=dest.description,
@@ -99,6 +100,13 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
         else:
             sinks.append(FileSink(ctx, dest.path, name=name, mode=dest.mode))
     return sinks
+
+
+def default_client_token(job_id: str, destination: str) -> str:
+    """Stable for one job and destination (a rerun lands on the same snapshot), distinct for
+    any other pair however long the names: a hash, not a truncation."""
+    digest = hashlib.sha256(f"{job_id}\0{destination}".encode()).hexdigest()[:40]
+    return f"fspd-{digest}"
 
 
 def _token_safe(text: str) -> str:
@@ -160,8 +168,10 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
     progress.start()
     try:
         async with AwsClients(settings) as clients:
+            limits = (control.limits if control and control.limits
+                      else SharedLimits.from_settings(settings.transfer))
             ctx = JobContext(job_id, settings, clients, progress, executor, state_dir,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, limits=limits)
             try:
                 result = await _with_deadline(_execute(ctx, spec, control), settings)
             finally:
@@ -250,7 +260,7 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
             fetch_concurrency=ctx.settings.transfer.fetch_concurrency,
             queue_blocks=ctx.settings.transfer.queue_blocks,
             sink_policies=[spec.on_destination_failure] * len(sinks), control=control,
-            checkpoint=ctx.checkpoint,
+            checkpoint=ctx.checkpoint, memory=ctx.limits.memory,
             checkpoint_interval=ctx.settings.transfer.checkpoint_interval_s)
         base["destinations"] = await pipeline.run(info)
         reads = getattr(source, "reads", None)
@@ -315,6 +325,7 @@ async def _execute_chain(ctx: JobContext, spec: JobSpec, control: JobControl | N
                                 fetch_concurrency=ctx.settings.transfer.fetch_concurrency,
                                 queue_blocks=ctx.settings.transfer.queue_blocks,
                                 control=control, checkpoint=ctx.checkpoint,
+                                memory=ctx.limits.memory,
                                 checkpoint_interval=ctx.settings.transfer.checkpoint_interval_s)
             result = (await pipeline.run(info))[0]
         finally:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fspd import jobs
-from fspd.budget import Bandwidth, JobControl
+from fspd.budget import Bandwidth, JobControl, SharedLimits
 from fspd.config import Settings
 from fspd.daemon.events import EventHub
 from fspd.daemon.spool import Entry, Spool
@@ -100,6 +100,8 @@ class Scheduler:
         self.events = events
         self.on_change = on_change
         self.bandwidth = Bandwidth(settings.daemon.bandwidth_bytes_per_s)
+        # Request pacing per snapshot/account and the memory budget, shared by all jobs.
+        self.limits = SharedLimits.from_settings(settings.transfer, self.bandwidth)
         self.jobs: dict[str, JobRecord] = {}
         self.stopping = False
         self.finished_counts: Counter[str] = Counter()
@@ -182,7 +184,8 @@ class Scheduler:
 
     def _add(self, name: str, box: str, spec: jobs.JobSpec, mtime_ns: int) -> JobRecord:
         rec = JobRecord(id=name, box=box, spec=spec, arrival=(mtime_ns, next(self._seq)),
-                        progress=Progress(job_id=name), control=JobControl(self.bandwidth))
+                        progress=Progress(job_id=name),
+                        control=JobControl(self.bandwidth, self.limits))
         self.jobs[name] = rec
         log.info("job_queued", job=name, verb=spec.verb, priority=spec.priority)
         self._changed(rec)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from fspd.aws import AwsClients, AwsTarget
 from fspd.blockapi import BlockApi, BotocoreBlockApi, SignedHttpBlockApi
+from fspd.budget import SharedLimits
 from fspd.checkpoint import Checkpoint
 from fspd.config import Settings
 from fspd.progress import Progress
@@ -29,8 +30,9 @@ class JobContext:
     executor: ThreadPoolExecutor
     state_dir: Path
     checkpoint: Checkpoint | None = None
+    limits: SharedLimits = field(default_factory=lambda: SharedLimits(
+        per_snapshot_rps=970, per_account_rps=1000, max_buffered_blocks=512))
     _block_apis: dict[AwsTarget, BlockApi] = field(default_factory=dict)
-    _rates: dict[tuple[Any, ...], RateController] = field(default_factory=dict)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (hashing, compression, file I/O) on the job's thread pool."""
@@ -51,12 +53,11 @@ class JobContext:
             self._block_apis[target] = api
         return api
 
-    def rate(self, *key: Any) -> RateController:
-        """The pacing shared by every request of one stream, e.g. ("get", region, snap)."""
-        rate = self._rates.get(key)
-        if rate is None:
-            rate = self._rates[key] = RateController(self.settings.transfer.per_snapshot_rps)
-        return rate
+    def rate(self, op: str, target: AwsTarget, snapshot_id: str) -> RateController:
+        """The pacing of one snapshot's Get or Put stream, shared with every other job of this
+        process that uses the same snapshot, and chained to its account's pacing."""
+        account = (target.region, target.profile, target.role_arn, target.endpoint_url)
+        return self.limits.rate(op, account, snapshot_id)
 
     def resume_state(self, sink_name: str) -> dict[str, Any] | None:
         """What an earlier, interrupted run of this job left for this destination."""

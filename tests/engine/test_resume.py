@@ -96,7 +96,7 @@ def test_upload_killed_mid_way_completes_the_same_snapshot(
     job, state, config = _setup(tmp_path, {
         "source": {"type": "file", "path": str(tmp_path / "disk.img")},
         "destinations": [{"type": "ebs", "endpoint_url": emulator.url}]})
-    emulator.faults(latency_ms=40, operations=["PutSnapshotBlock"])
+    emulator.faults(latency_ms=150, operations=["PutSnapshotBlock"])
     _kill_mid_job(job, state, config, seed)
     emulator.clear_faults()
     pending = [s for s in emulator.snapshots() if s["status"] == "pending"]
@@ -141,7 +141,7 @@ def test_a_pending_snapshot_that_timed_out_restarts_cleanly_and_says_so(
         "source": {"type": "file", "path": str(tmp_path / "disk.img")},
         "destinations": [{"type": "ebs", "endpoint_url": emulator.url,
                           "timeout_minutes": 10}]})
-    emulator.faults(latency_ms=40, operations=["PutSnapshotBlock"])
+    emulator.faults(latency_ms=150, operations=["PutSnapshotBlock"])
     _kill_mid_job(job, state, config, 7)
     emulator.clear_faults()
     time.sleep(2.0)
