@@ -280,12 +280,20 @@ async def _copies_so_far(ctx: JobContext, spec: JobSpec) -> tuple[int, str | Non
     src, dest = spec.source, spec.destinations[0]
     assert isinstance(src, EbsChainSourceSpec) and isinstance(dest, EbsDestinationSpec)
     ec2 = await ctx.clients.client("ec2", target_for(dest))
-    resp = await ctx.retrier().run(lambda: call(
-        ec2, "DescribeSnapshots", OwnerIds=["self"],
-        Filters=[{"Name": f"tag:{SOURCE_SNAPSHOT_TAG}", "Values": list(src.snapshot_ids)},
-                 {"Name": "status", "Values": ["completed"]}]))
+    filters = [{"Name": f"tag:{SOURCE_SNAPSHOT_TAG}", "Values": list(src.snapshot_ids)},
+               {"Name": "status", "Values": ["completed"]}]
+    found: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:  # EC2 pages long answers
+        page = await ctx.retrier().run(lambda token=token: call(
+            ec2, "DescribeSnapshots", OwnerIds=["self"], Filters=filters, MaxResults=1000,
+            **({"NextToken": token} if token else {})))
+        found += page.get("Snapshots", [])
+        token = page.get("NextToken")
+        if not token:
+            break
     copies: dict[str, str] = {}
-    for snap in resp.get("Snapshots", []):
+    for snap in found:
         tags = {t["Key"]: t["Value"] for t in snap.get("Tags", []) or []}
         if tags.get(SOURCE_REGION_TAG, target_for(src).region) == target_for(src).region:
             copies[tags[SOURCE_SNAPSHOT_TAG]] = snap["SnapshotId"]

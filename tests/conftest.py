@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
@@ -101,27 +101,32 @@ def moto(moto_url: str) -> str:
 
 
 def client_config(**overrides: object) -> Config:
-    """Test clients fail fast: no retries unless a test asks for them."""
-    base = {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 5,
+    """Test clients fail fast: one attempt per call (botocore's ``max_attempts`` counts
+    retries; ``total_max_attempts`` counts attempts) unless a test asks for more."""
+    base = {"retries": {"total_max_attempts": 1, "mode": "standard"}, "connect_timeout": 5,
             "read_timeout": 30}
     base.update(overrides)
     return Config(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session")
+def aws_session() -> AioSession:
+    """One botocore session for the whole run: loading service models once, not per test."""
+    return get_session()
+
+
 @pytest.fixture
-async def ebs(emulator: EmulatorControl) -> AsyncIterator[object]:
+async def ebs(emulator: EmulatorControl, aws_session: AioSession) -> AsyncIterator[object]:
     """An aiobotocore EBS client (us-east-1) pointed at the emulator."""
-    session = get_session()
-    async with session.create_client(
+    async with aws_session.create_client(
         "ebs", region_name="us-east-1", endpoint_url=emulator.url, config=client_config()
     ) as client:
         yield client
 
 
 @pytest.fixture
-async def ec2(emulator: EmulatorControl) -> AsyncIterator[object]:
-    session = get_session()
-    async with session.create_client(
+async def ec2(emulator: EmulatorControl, aws_session: AioSession) -> AsyncIterator[object]:
+    async with aws_session.create_client(
         "ec2", region_name="us-east-1", endpoint_url=emulator.url, config=client_config()
     ) as client:
         yield client

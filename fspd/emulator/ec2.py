@@ -114,8 +114,42 @@ def describe_snapshots(state: State, ctx: Ctx, form: Mapping[str, str]) -> web.R
         visible = [s for s in visible if s.owner_id in wanted]
     for name, values in _filters(form):
         visible = [s for s in visible if _matches(s, name, values)]
-    items = "".join(_item(s) for s in visible)
-    return _xml("DescribeSnapshots", f"<snapshotSet>{items}</snapshotSet>")
+    page, next_token = _paginate(state, ctx, form, visible)
+    items = "".join(_item(s) for s in page)
+    more = f"<nextToken>{next_token}</nextToken>" if next_token else ""
+    return _xml("DescribeSnapshots", f"<snapshotSet>{items}</snapshotSet>{more}")
+
+
+def _paginate(state: State, ctx: Ctx, form: Mapping[str, str], snaps: list[Snapshot]
+              ) -> tuple[list[Snapshot], str | None]:
+    """EC2's MaxResults (5-1000; not allowed with SnapshotId) and NextToken paging, in a
+    stable order (by id); the token is an HMAC-bound offset, like the EBS page tokens."""
+    if "MaxResults" not in form and "NextToken" not in form:
+        return snaps, None
+    if form.get("SnapshotId.1") and "MaxResults" in form:
+        raise ApiError(400, "InvalidParameterCombination",
+                       "The parameter snapshotSet cannot be used with the parameter maxResults")
+    try:
+        limit = int(form.get("MaxResults", "1000"))
+    except ValueError:
+        raise ApiError(400, "InvalidParameterValue", "MaxResults must be a number") from None
+    if not 5 <= limit <= 1000:
+        raise ApiError(400, "InvalidParameterValue",
+                       f"Value ({limit}) for parameter maxResults is invalid. "
+                       "Expecting a value between 5 and 1000.")
+    binding = f"ec2-describe-snapshots:{ctx.region}:{ctx.account}".encode()
+    start = 0
+    if form.get("NextToken"):
+        value = state.tokens.check(binding, form["NextToken"])
+        if value is None:
+            raise ApiError(400, "InvalidNextToken", "The specified token is invalid.")
+        start = value
+    ordered = sorted(snaps, key=lambda s: s.id)
+    page = ordered[start:start + limit]
+    if start + limit < len(ordered):
+        return page, state.tokens.make(binding, start + limit,
+                                       time.time() + state.config["page_token_ttl"])
+    return page, None
 
 
 def describe_regions(state: State, ctx: Ctx, form: Mapping[str, str]) -> web.Response:

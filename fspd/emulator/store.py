@@ -43,6 +43,9 @@ class Snapshot:
     description: str | None = None
     timeout_s: float = 3600.0
     start_time: float = field(default_factory=time.time)
+    # Timeout counts from the last block written (or the start, before any): a snapshot that
+    # is being written steadily is never cancelled, as the service model describes.
+    last_write: float = 0.0
     synthetic: Synthetic | None = None
     # Real snapshots only:
     path: Path | None = None
@@ -66,7 +69,7 @@ class Snapshot:
             if now >= self.complete_requested + self.completion_delay:
                 return "completed"
             return "pending"
-        if now > self.start_time + self.timeout_s:
+        if now > max(self.start_time, self.last_write) + self.timeout_s:
             return "error"
         return "pending"
 
@@ -106,6 +109,7 @@ class Snapshot:
         if index not in self.written:
             self._sorted = None
         self.written[index] = digest
+        self.last_write = time.time()
 
     def own_block(self, index: int) -> tuple[bytes, bytes, str] | None:
         """(data, digest, checksum) when this snapshot itself holds ``index``."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
-
 from ._blocks import TEST_REGIONS, block, expect_error, make_snapshot
 
 
@@ -112,13 +110,6 @@ async def test_deleted_parent_keeps_child_readable(ebs, ec2):
     assert data == block("dp0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "emulator bug: EC2 DescribeSnapshots ignores MaxResults/NextToken (returns all 7,"
-        " no NextToken)"
-    ),
-)
 async def test_describe_snapshots_paginates_with_max_results(ebs, ec2):
     ids = {(await ebs.start_snapshot(VolumeSize=1))["SnapshotId"] for _ in range(7)}
     first = await ec2.describe_snapshots(OwnerIds=["self"], MaxResults=5)

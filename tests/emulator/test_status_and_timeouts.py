@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from botocore.exceptions import ClientError
 
 from ._blocks import block, complete, expect_error, list_all, make_snapshot, put, tokens
@@ -155,13 +154,6 @@ async def test_concurrent_puts_all_land(ebs):
     assert [b["BlockIndex"] for b in listed] == sorted(written)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "emulator bug: StartSnapshot Timeout is counted from StartTime, not from the last"
-        " PutSnapshotBlock, so a snapshot being written steadily is cancelled"
-    ),
-)
 async def test_timeout_counts_from_the_last_write(emulator, ebs, ec2):
     # AWS cancels a snapshot when no block is written within Timeout, or when it is not
     # completed within Timeout of the LAST write: steady writes keep it alive.
