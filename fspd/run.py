@@ -222,6 +222,8 @@ async def check_regions(ctx: JobContext, spec: JobSpec) -> None:
         ends.append(("source", spec.source))
     ends += [(f"destinations[{i}]", d) for i, d in enumerate(spec.destinations)
              if isinstance(d, AwsEndpointSpec)]
+    # S3 archive endpoints are S3 only (maybe an S3-compatible store): no EC2 to ask.
+    ends = [(f, e) for f, e in ends if not isinstance(e, S3SourceSpec | S3DestinationSpec)]
     known: dict[tuple[Any, ...], set[str]] = {}
     for field, end in ends:
         target = target_for(end)
