@@ -135,16 +135,18 @@ def _cmd_getfroms3(args: argparse.Namespace) -> int:
     source["format"] = args.format
     if args.allow_incomplete:
         source["allow_incomplete"] = True
-    if args.to_snapshot == bool(args.dest):
+    if (args.to_snapshot and args.dest) or not (args.to_snapshot or args.dest or args.dry_run):
         raise BadInput("give a DEST path or --to-snapshot (one of them)", field="DEST")
+    dests: list[dict[str, Any]] = []
     if args.to_snapshot:
         dest: dict[str, Any] = {"type": "ebs", **_aws(args)}
         if args.description:
             dest["description"] = args.description
-    else:
-        dest = {"type": "file", "path": str(Path(args.dest).absolute())}
-    job: dict[str, Any] = {"source": source, "destinations": [dest]}
-    if args.dry_run:
+        dests.append(dest)
+    elif args.dest:
+        dests.append({"type": "file", "path": str(Path(args.dest).absolute())})
+    job: dict[str, Any] = {"source": source, "destinations": dests}
+    if args.dry_run:  # without a DEST: count what the archive holds
         job["dry_run"] = True
     return _execute(jobs.validate(job), args)
 

@@ -144,6 +144,11 @@ def _compare_file(path: Path, emulator: Any, snapshot_id: str, blocks: list[int]
             assert os.pread(f.fileno(), B, index * B) == bytes(B), f"block {index} not zero"
 
 
+def written(emulator: Any, snapshot_id: str) -> int:
+    """How many blocks were written to a snapshot (the emulator's own record)."""
+    return int(next(s for s in emulator.snapshots() if s["id"] == snapshot_id)["written_count"])
+
+
 async def put_snapshot(ebs: Any, blocks: dict[int, bytes], *, parent: str | None = None,
                        volume_size: int = 1) -> str:
     """A snapshot built with a plain aiobotocore client: index → bytes (zero-padded)."""

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from fspd.emulator.control import EmulatorControl
 from tests.s3._support import (
     GIB,
+    B,
     assert_file_is_volume,
     assert_same_volume,
     assert_volume_file,
     make_image,
     run,
+    written,
 )
 
 LAYOUT = "HDDZHCDZ" + "H" * 60 + "DDT"  # holes, zeros, two windows, a partial tail
@@ -59,3 +62,28 @@ async def test_snapshot_to_s3_to_file_and_to_new_snapshot_are_byte_identical(
     new = back["destinations"][0]["snapshot_id"]
     assert new != snap
     await assert_same_volume(emulator, ebs, new, snap)
+
+
+def test_cli_verbs_move_a_snapshot_to_s3_and_back_to_a_new_snapshot(
+        emulator: EmulatorControl, moto: str, bucket: str, tmp_path: Path, fspd_cli: Any,
+        capsys: Any, monkeypatch: Any) -> None:
+    make_image(tmp_path / "src.img", LAYOUT, seed=3)
+    assert fspd_cli("upload", str(tmp_path / "src.img"), "--endpoint-url", emulator.url,
+                    "--json") == 0
+    snap = json.loads(capsys.readouterr().out)["destinations"][0]["snapshot_id"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto)  # S3 endpoint as botocore reads it
+    url = f"s3://{bucket}/cli/{snap}"
+    assert fspd_cli("movetos3", snap, url, "--endpoint-url", emulator.url, "--json") == 0
+    moved = json.loads(capsys.readouterr().out)
+    assert (moved["verb"], moved["destinations"][0]["stored_blocks"]) == ("movetos3", 7)
+    assert fspd_cli("getfroms3", url, "--dry-run", "--json") == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert (planned["blocks"], planned["unlisted_blocks"]) == (7, 2048 - 7)
+    assert fspd_cli("getfroms3", url, "--to-snapshot", "--endpoint-url", emulator.url,
+                    "--json") == 0
+    new = json.loads(capsys.readouterr().out)["destinations"][0]["snapshot_id"]
+    length = len(LAYOUT) * B
+    assert emulator.image(new, length=length) == emulator.image(snap, length=length)
+    assert written(emulator, new) == written(emulator, snap) == 7
+    assert fspd_cli("getfroms3", url, str(tmp_path / "x.img"), "--to-snapshot") == 2
+    assert "DEST" in capsys.readouterr().err
