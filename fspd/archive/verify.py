@@ -21,7 +21,7 @@ from fspd.archive.store import ObjectStore, S3Location
 from fspd.aws import AwsClients, AwsTarget
 from fspd.config import Settings
 from fspd.endpoints.context import JobContext
-from fspd.errors import TransferFailed
+from fspd.errors import FspdError, TransferFailed
 from fspd.progress import Progress
 
 MAX_LISTED_PROBLEMS = 50
@@ -51,7 +51,7 @@ class _Checker:
                 totals["blocks"] += piece.segment.count
                 if isinstance(piece.segment, Segment):
                     totals["bytes"] += piece.segment.size
-            except TransferFailed as exc:
+            except FspdError as exc:  # missing, damaged, or not readable with these credentials
                 self.problem(str(exc))
             finally:
                 self._slots.release()
