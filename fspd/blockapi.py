@@ -3,9 +3,10 @@
 Two transports behind one interface:
 
 * :class:`SignedHttpBlockApi` (the default, ``fast_path = true``) signs each request with
-  botocore's SigV4 signer and sends it with aiohttp. botocore's per-request machinery (event
-  hooks, model-driven serialisation and parsing, and on plain HTTP a SHA-256 of every PUT body
-  for the signature) costs more CPU than the block's own checksum; see tests/bench/.
+  fspd's SigV4 signer (fspd/sigv4.py, tested equal to botocore's) and sends it with aiohttp.
+  botocore's per-request machinery (event hooks, model-driven serialisation and parsing, and
+  on plain HTTP a SHA-256 of every PUT body for the signature) costs more CPU than the
+  block's own checksum; see tests/bench/.
 * :class:`BotocoreBlockApi` goes through the aiobotocore client, for comparison and as a
   fallback when a deployment needs botocore's request pipeline (custom endpoints, proxies).
 
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import json
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
+import yarl
 from botocore.exceptions import ClientError
 
 from fspd.retry import ApiError
+from fspd.sigv4 import Signer
 
 
 class BlockApi(Protocol):
@@ -75,7 +76,13 @@ class SignedHttpBlockApi:
     def __init__(self, endpoint_url: str, region: str, credentials: Any, *,
                  max_connections: int, connect_timeout: float, read_timeout: float) -> None:
         self._base = endpoint_url.rstrip("/")
-        self._region = region
+        parts = urlsplit(self._base)
+        default_port = {"http": 80, "https": 443}.get(parts.scheme)
+        # The Host header as botocore signs it: the port only when it is not the default.
+        host = parts.hostname or ""
+        self._host = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+        self._prefix = parts.path.rstrip("/")
+        self._signer = Signer(region, "ebs")
         self._credentials = credentials
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
@@ -90,17 +97,18 @@ class SignedHttpBlockApi:
         return cls(ebs_client.meta.endpoint_url, ebs_client.meta.region_name, credentials,
                    **kwargs)
 
-    async def _sign(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
+    async def _sign(self, method: str, path: str, query: dict[str, str],
+                    headers: dict[str, str]) -> dict[str, str]:
         creds = await self._credentials.get_frozen_credentials()
-        request = AWSRequest(method=method, url=url, headers=headers)
-        SigV4Auth(creds, "ebs", self._region).add_auth(request)
-        return dict(request.headers.items())
+        return self._signer.sign(method, self._host, self._prefix + path, query, headers,
+                                 creds.access_key, creds.secret_key, creds.token)
 
     async def get_block(self, snapshot_id: str, index: int, token: str) -> tuple[bytes, str]:
-        url = (f"{self._base}/snapshots/{quote(snapshot_id, safe='')}/blocks/{index}"
-               f"?blockToken={quote(token, safe='')}")
-        headers = await self._sign("GET", url, {"X-Amz-Content-SHA256": _EMPTY_SHA256})
-        async with self._session.get(url, headers=headers) as resp:
+        path = f"/snapshots/{quote(snapshot_id, safe='')}/blocks/{index}"
+        url = f"{self._base}{path}?blockToken={quote(token, safe='-_.~')}"
+        headers = await self._sign("GET", path, {"blockToken": token},
+                                   {"X-Amz-Content-SHA256": _EMPTY_SHA256})
+        async with self._session.get(yarl.URL(url, encoded=True), headers=headers) as resp:
             if resp.status != 200:
                 raise await _api_error("GetSnapshotBlock", resp)
             data = await resp.read()
@@ -108,7 +116,7 @@ class SignedHttpBlockApi:
 
     async def put_block(self, snapshot_id: str, index: int, data: bytes, checksum: str,
                         progress: int | None = None) -> None:
-        url = f"{self._base}/snapshots/{quote(snapshot_id, safe='')}/blocks/{index}"
+        path = f"/snapshots/{quote(snapshot_id, safe='')}/blocks/{index}"
         headers = {
             "x-amz-Data-Length": str(len(data)),
             "x-amz-Checksum": checksum,
@@ -120,7 +128,8 @@ class SignedHttpBlockApi:
         }
         if progress is not None:
             headers["x-amz-Progress"] = str(progress)
-        signed = await self._sign("PUT", url, headers)
+        signed = await self._sign("PUT", path, {}, headers)
+        url = yarl.URL(self._base + path, encoded=True)
         async with self._session.put(url, data=data, headers=signed) as resp:
             if resp.status != 201:
                 raise await _api_error("PutSnapshotBlock", resp)
