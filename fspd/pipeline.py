@@ -8,6 +8,7 @@ the blocks in flight. A block is fetched once and handed to every sink.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -141,8 +142,16 @@ class Pipeline:
 
     async def run(self, info: VolumeInfo) -> list[dict[str, Any]]:
         """Move every block; return each sink's commit result (or failure record)."""
-        for st in self.sinks:
-            await st.sink.open(info)
+        opened: list[SinkState] = []
+        try:
+            for st in self.sinks:
+                await st.sink.open(info)
+                opened.append(st)
+        except BaseException as error:  # the sinks already open are aborted, not leaked
+            for st in opened:
+                with contextlib.suppress(Exception):
+                    await st.sink.abort(error)
+            raise
         has = [getattr(st.sink, "has", None) for st in self.sinks]
         self._has = [h for h in has if h is not None] if all(has) else []
         if all(getattr(st.sink, "already_complete", False) for st in self.sinks):

@@ -15,7 +15,7 @@ from typing import Any
 from fspd import config, jobs, loop
 from fspd.archive.store import parse_s3_url
 from fspd.archive.verify import run_verify
-from fspd.commands.transfer import _execute, _global_options
+from fspd.commands.transfer import execute, global_options
 from fspd.errors import BadInput, TransferFailed
 from fspd.run import target_for
 
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--zstd-level", type=int)
     p.add_argument("--segment-blocks", type=int)
     _s3_options(p)
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_cmd_movetos3)
 
     p = subparsers.add_parser(
@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
                    help="FSP archives: restore what exists even though blocks are missing")
     p.add_argument("--description")
     _s3_options(p)
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_cmd_getfroms3)
 
     p = subparsers.add_parser(
@@ -127,7 +127,7 @@ def _cmd_movetos3(args: argparse.Namespace) -> int:
     job: dict[str, Any] = {"source": source, "destinations": [dest]}
     if args.dry_run:
         job["dry_run"] = True
-    return _execute(jobs.validate(job), args)
+    return execute(jobs.validate(job), args)
 
 
 def _cmd_getfroms3(args: argparse.Namespace) -> int:
@@ -148,7 +148,7 @@ def _cmd_getfroms3(args: argparse.Namespace) -> int:
     job: dict[str, Any] = {"source": source, "destinations": dests}
     if args.dry_run:  # without a DEST: count what the archive holds
         job["dry_run"] = True
-    return _execute(jobs.validate(job), args)
+    return execute(jobs.validate(job), args)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

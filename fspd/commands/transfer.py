@@ -16,7 +16,7 @@ from fspd.progress import Progress
 from fspd.run import run_job
 
 
-def _global_options(p: argparse.ArgumentParser) -> None:
+def global_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("common options")
     g.add_argument("--config", help="settings file (default: $FSPD_CONFIG or /etc/fspd/fspd.toml)")
     g.add_argument("-r", "--region", help="AWS region (default: AWS_REGION / profile / us-east-1)")
@@ -37,31 +37,31 @@ def register(subparsers: Any) -> None:
     p.add_argument("jobfile")
     p.add_argument("--state-dir", help="keep a checkpoint here: an interrupted run of the "
                    "same job file resumes where it stopped")
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_cmd_run)
 
     p = add("list", "count a snapshot's allocated blocks and bytes")
     p.add_argument("snapshot_id")
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("list", ["snapshot_id"]))
 
     p = add("diff", "count the blocks changed between two snapshots of one lineage")
     p.add_argument("first_snapshot_id")
     p.add_argument("second_snapshot_id")
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("diff", ["first_snapshot_id", "second_snapshot_id"]))
 
     p = add("download", "write a snapshot to a file or block device, byte for byte")
     p.add_argument("snapshot_id")
     p.add_argument("path")
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("download", ["snapshot_id", "path"]))
 
     p = add("deltadownload", "turn a file/device holding snapshot A into snapshot B")
     p.add_argument("first_snapshot_id")
     p.add_argument("second_snapshot_id")
     p.add_argument("path")
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("deltadownload",
                                  ["first_snapshot_id", "second_snapshot_id", "path"]))
 
@@ -69,14 +69,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("path")
     p.add_argument("--parent", dest="parent_snapshot_id", help="parent snapshot id")
     _snapshot_options(p)
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("upload", ["path", "parent_snapshot_id", *SNAPSHOT_KEYS]))
 
     p = add("copy", "copy a snapshot to another region and/or account, block by block")
     p.add_argument("snapshot_id")
     _destination_options(p)
     _snapshot_options(p)
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("copy", ["snapshot_id", *DEST_KEYS, *SNAPSHOT_KEYS]))
 
     p = add("sync", "write the changes A→B onto a new snapshot whose parent C is a copy of A")
@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("parent_snapshot_id", metavar="C")
     _destination_options(p)
     _snapshot_options(p)
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("sync", ["base_snapshot_id", "snapshot_id",
                                           "parent_snapshot_id", *DEST_KEYS, *SNAPSHOT_KEYS]))
 
@@ -94,7 +94,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("destination_regions", nargs="+", metavar="REGION",
                    help="regions, or @FILE with one region per line")
     _snapshot_options(p)
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("fanout", ["path", "destination_regions", *SNAPSHOT_KEYS]))
 
     p = add("multiclone", "download a snapshot to several files or devices, fetching once")
@@ -104,7 +104,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--drop-failed", action="store_const", const="drop",
                    dest="on_destination_failure",
                    help="carry on without a destination that fails (default: fail the job)")
-    _global_options(p)
+    global_options(p)
     p.set_defaults(handler=_verb("multiclone", ["snapshot_id", "paths",
                                                 "on_destination_failure"]))
 
@@ -177,7 +177,7 @@ def _verb(verb: str, keys: list[str]) -> Any:
                 data[key] = getattr(args, key)
         if args.dry_run:
             data["dry_run"] = True
-        return _execute(jobs.validate(data), args)
+        return execute(jobs.validate(data), args)
 
     return handler
 
@@ -196,10 +196,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # The job's identity is its name, or its file's content: the same job file resumes.
         job_id = spec.name or "job-" + hashlib.sha256(raw).hexdigest()[:16]
         state_dir = Path(args.state_dir) / job_id
-    return _execute(spec, args, job_id=job_id, state_dir=state_dir)
+    return execute(spec, args, job_id=job_id, state_dir=state_dir)
 
 
-def _execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None = None,
+def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None = None,
              state_dir: Path | None = None) -> int:
     settings = config.load(args.config)
     progress = Progress()
