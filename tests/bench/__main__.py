@@ -36,6 +36,7 @@ from tests.bench.measure import Cost, measure
 
 REGION, OTHER = "us-east-1", "us-west-2"
 TARGETS = {"download": 1.5, "upload": 1.5, "copy": 1.5}
+# movetos3 has no ratio target; the issue asks for MiB/s and CPU per block against the floor.
 
 
 def machine() -> str:
@@ -205,6 +206,26 @@ class Bench:
         self.rows.append(("copy", best["floor"].per_block_ms(self.blocks),
                           per_block(best["fspd"]), {"aiobotocore path": per_block(best["slow"])}))
 
+    async def movetos3(self, s3_url: str) -> None:
+        import boto3
+
+        boto3.client("s3", region_name=REGION, endpoint_url=s3_url).create_bucket(
+            Bucket="bench")
+        snap = self.synthetic()
+        tokens = await self.tokens(snap)
+        level = 3
+        count = iter(range(1000))
+        best = await best_of(self.reps, {
+            "floor": lambda: floors.movetos3_floor(self.url, REGION, snap, tokens, s3_url,
+                                                   "bench", level),
+            "fspd": lambda: run_job(job(self.ebs(snap), {
+                "type": "s3", "bucket": "bench", "prefix": f"fspd/{next(count)}",
+                "endpoint_url": s3_url, "region": REGION, "zstd_level": level}), settings()),
+        })
+        fspd = best["fspd"]
+        self.rows.append(("movetos3", best["floor"].per_block_ms(self.blocks), per_block(fspd),
+                          {"fspd MiB/s": fspd.result["bytes_done"] / fspd.wall_s / (1 << 20)}))
+
     # -- latency, throttling -------------------------------------------------------------
 
     async def latency(self, latency_ms: float, in_flight: int, blocks: int) -> dict[str, Any]:
@@ -270,13 +291,43 @@ class Bench:
         return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+class MotoServer:
+    """moto's S3 server as a separate process on 127.0.0.1, for movetos3."""
+
+    def __enter__(self) -> str:
+        import socket
+        import time
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                return url
+            except OSError:
+                time.sleep(0.1)
+        self.proc.kill()
+        raise RuntimeError("moto server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def _table(bench: Bench) -> list[str]:
     lines = ["", "CPU per 512 KiB block (client process user+sys ms; lower is better)",
              f"{'case':<10}{'floor':>8}{'fspd':>8}{'fspd/floor':>12}{'target':>8}   "
              "previous approaches (ms, and their ratio to the floor)"]
     for name, floor, fspd, others in bench.rows:
         target = TARGETS.get(name)
-        prev = "; ".join(f"{k} {v:.2f} ({v / floor:.2f}x)" for k, v in others.items())
+        prev = "; ".join(f"{k} {v:.0f}" if "MiB/s" in k else f"{k} {v:.2f} ({v / floor:.2f}x)"
+                         for k, v in others.items())
         met = "" if target is None else ("  met" if fspd / floor <= target else "  MISSED")
         lines.append(f"{name:<10}{floor:>8.2f}{fspd:>8.2f}{fspd / floor:>11.2f}x"
                      f"{'<=' + str(target) + 'x' if target else '':>8}{met}   {prev}")
@@ -295,6 +346,8 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
     try:
         for case in (bench.download, bench.upload, bench.copy):
             await case()
+        with MotoServer() as s3_url:
+            await bench.movetos3(s3_url)
         print("\n".join(_table(bench)))
         print("\nLatency-bound throughput (download; bound = min(in-flight / latency, 1000/s))")
         print(f"{'latency':>8}{'in-flight':>10}{'bound/s':>9}{'achieved/s':>12}{'ratio':>7}"

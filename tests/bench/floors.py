@@ -101,3 +101,35 @@ async def put_floor(base: str, region: str, snapshot_id: str, blocks: list[int],
                     raise RuntimeError(f"floor: put {index}: {resp.status} {await resp.text()}")
 
         await _pool(blocks, concurrency, one)
+
+
+async def movetos3_floor(base: str, region: str, snapshot_id: str,
+                         tokens: list[tuple[int, str]], s3_url: str, bucket: str,
+                         level: int, window: int = 64, concurrency: int = 32) -> None:
+    """GET and verify each block, zstd-compress each 64-block window as one frame, SHA-256
+    the frame (S3's checksum) and PUT it raw to S3: movetos3's work without its bookkeeping."""
+    import zstandard
+
+    headers = static_auth(f"{base}/snapshots/{snapshot_id}/blocks/0", region)
+    compressor = zstandard.ZstdCompressor(level=level)
+    async with _session(concurrency) as session:
+        async def get(item: tuple[int, str]) -> bytes:
+            index, token = item
+            url = f"{base}/snapshots/{snapshot_id}/blocks/{index}?blockToken={token}"
+            async with session.get(url, headers=headers) as resp:
+                data = await resp.read()
+                want = from_b64(resp.headers["x-amz-Checksum"])
+            if hashlib.sha256(data).digest() != want:
+                raise RuntimeError(f"floor: block {index} corrupt")
+            return data
+
+        for start in range(0, len(tokens), window):
+            chunk = tokens[start:start + window]
+            blocks = await asyncio.gather(*(get(t) for t in chunk))
+            body = compressor.compress(b"".join(blocks))
+            checksum = to_b64(hashlib.sha256(body).digest())
+            url = f"{s3_url}/{bucket}/floor/{chunk[0][0]:012d}.zst"
+            async with session.put(url, data=body,
+                                   headers={"x-amz-checksum-sha256": checksum}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"floor: S3 PUT {resp.status}")
