@@ -154,9 +154,15 @@ class RateController:
         self.max_rate = rate
         self.rate = min(self.rate, rate)
 
+    # Credit kept for a late event loop: a busy loop wakes sleepers late, and without credit
+    # every late wake-up would be capacity lost for good (measured: a pacer set to 970/s gave
+    # ~620/s inside a CPU-bound upload). 50 ms of credit (~48 requests at 970/s) stays well
+    # inside the service's own burst allowance.
+    burst_s = 0.05
+
     async def acquire(self) -> None:
         now = time.monotonic()
-        slot = max(now, self._next_slot)
+        slot = max(now - self.burst_s, self._next_slot)
         self._next_slot = slot + 1.0 / self.rate
         if slot > now:
             await asyncio.sleep(slot - now)
