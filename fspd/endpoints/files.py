@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 import stat
@@ -165,6 +166,11 @@ class FileSource:
             self._fd = -1
 
 
+# What a block device answers once it is pulled: I/O errors, "no such device", and (when its
+# capacity drops to 0, as the kernel does on removal) "no space" for every offset.
+_DEVICE_GONE = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOSPC, errno.ESHUTDOWN})
+
+
 class FileSink:
     """Writes an image to a regular file or block device.
 
@@ -186,6 +192,9 @@ class FileSink:
                                              must_exist=(mode == "in-place"))
         self._fd = -1
         self._fresh = False
+        # A failed fsync is reported once and then forgotten by the kernel (the next one
+        # succeeds with the data lost), so the first failure sticks: nothing after it counts.
+        self._broken: TransferFailed | None = None
         self.written = Bitmap(0)
         self.blocks_written = 0
         self.volume_size = 0
@@ -235,8 +244,14 @@ class FileSink:
 
     async def checkpoint_state(self) -> dict[str, Any]:
         bitmap = Bitmap(self.written.size, self.written.to_bytes())  # before the fsync
+        if self._broken is not None:
+            raise self._broken
         if self._fd >= 0:
-            await self.ctx.offload(os.fsync, self._fd)
+            try:
+                await self.ctx.offload(os.fsync, self._fd)
+            except OSError as exc:
+                self._broken = self._failure(exc, "flushing")
+                raise self._broken from None
         return {"type": "file", "fresh": self._fresh, "bitmap": encode_bitmap(bitmap)}
 
     def _recreate_sparse(self) -> None:
@@ -254,14 +269,15 @@ class FileSink:
             written += os.pwrite(self._fd, view[written:], offset + written)
 
     async def write(self, block: Block) -> bool:
+        if self._broken is not None:
+            raise self._broken
         if block.zero and self._fresh:
             self.written.set(block.index)
             return False  # already a hole in the freshly truncated file
         try:
             await self.ctx.offload(self._pwrite, block)
         except OSError as exc:
-            raise TransferFailed(f"writing {self.raw_path} at block {block.index}: "
-                                 f"{exc.strerror}") from None
+            raise self._failure(exc, f"writing block {block.index}") from None
         self.written.set(block.index)
         self.blocks_written += 1
         return not block.zero
@@ -275,7 +291,7 @@ class FileSink:
             await self.ctx.offload(lambda: zero_range(self._fd, offset, length,
                                                       device=self.device))
         except OSError as exc:
-            raise TransferFailed(f"zeroing {self.raw_path}: {exc.strerror}") from None
+            raise self._failure(exc, "zeroing unallocated blocks") from None
 
     def _sync(self) -> None:
         os.fsync(self._fd)
@@ -287,15 +303,57 @@ class FileSink:
                 os.close(dir_fd)
 
     async def commit(self) -> dict[str, Any]:
+        if self._broken is not None:
+            self._close()
+            raise self._broken
         try:
             await self.ctx.offload(self._sync)
         except OSError as exc:
-            raise TransferFailed(f"flushing {self.raw_path}: {exc.strerror}") from None
+            raise self._failure(exc, "flushing") from None
         finally:
             self._close()
         return {"destination": self.name, "type": "file", "path": str(self.path),
                 "device": self.device, "bytes": self.volume_size,
                 "blocks_written": self.blocks_written, "state": "completed"}
+
+    def _failure(self, exc: OSError, doing: str) -> TransferFailed:
+        """Name the cause in words a user can act on: a full filesystem, a device that went
+        away, a read-only or failing disk. The checkpoint keeps what was written before."""
+        code = exc.errno or 0
+        cause = os.strerror(code) if code else str(exc)
+        act = f"{doing} {self.raw_path}" if doing == "flushing" else \
+            f"{doing} of {self.raw_path}"
+        retry = "; then rerun the job: it resumes from its checkpoint"
+        if self.device and code in _DEVICE_GONE:
+            now = self._current_size()
+            if code != errno.ENOSPC or now is None or now < self.volume_size:
+                seen = ("its device node is gone" if now is None else
+                        f"it now reports {now} bytes, the volume needs {self.volume_size}")
+                return TransferFailed(f"device {self.raw_path} disappeared or stopped "
+                                      f"answering while {act} ({cause}; {seen}); reattach "
+                                      f"it{retry}")
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            where = self.path if self.device else self.path.parent
+            what = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
+            return TransferFailed(f"{what} on {where} while {act} (the image needs up to "
+                                  f"{self.volume_size} bytes); free some space{retry}")
+        if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return TransferFailed(f"cannot write while {act}: {cause} (a read-only "
+                                  f"filesystem?){retry}")
+        if code == errno.EIO:
+            return TransferFailed(f"I/O error while {act}: the disk failed or went away "
+                                  f"(see dmesg){retry}")
+        return TransferFailed(f"{act}: {cause}")
+
+    def _current_size(self) -> int | None:
+        """The device's size now, or None when its node or our descriptor is gone."""
+        try:
+            st = os.stat(self.path)
+            if not stat.S_ISBLK(st.st_mode):
+                return None
+            return _device_size(self._fd) if self._fd >= 0 else None
+        except OSError:
+            return None
 
     def _close(self) -> None:
         if self._fd >= 0:
