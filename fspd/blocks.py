@@ -122,10 +122,8 @@ class DigestFile:
         self.written.set(index)
 
     def aggregate(self) -> str:
-        h = hashlib.sha256()
-        for index in self.written.iter_set():
-            h.update(os.pread(self._fd, DIGEST_SIZE, index * DIGEST_SIZE))
-        return to_b64(h.digest())
+        return linear_aggregate(os.pread(self._fd, DIGEST_SIZE, index * DIGEST_SIZE)
+                                for index in self.written.iter_set())
 
     def sync(self) -> None:
         os.fsync(self._fd)

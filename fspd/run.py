@@ -92,7 +92,7 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
                 volume_size_gib=dest.volume_size_gib, description=dest.description,
                 tags=lineage | dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
                 kms_key_arn=dest.kms_key_arn, timeout_minutes=dest.timeout_minutes,
-                client_token=_token_safe(token), skip_zero_blocks=dest.skip_zero_blocks))
+                client_token=token, skip_zero_blocks=dest.skip_zero_blocks))
         elif isinstance(dest, S3DestinationSpec):
             region = (target_for(spec.source).region
                       if isinstance(spec.source, EbsSourceSpec) else None)
@@ -107,10 +107,6 @@ def default_client_token(job_id: str, destination: str) -> str:
     any other pair however long the names: a hash, not a truncation."""
     digest = hashlib.sha256(f"{job_id}\0{destination}".encode()).hexdigest()[:40]
     return f"fspd-{digest}"
-
-
-def _token_safe(text: str) -> str:
-    return "".join(ch if 0x21 <= ord(ch) <= 0x7E else "_" for ch in text)[:64]
 
 
 async def _count(source: Source, progress: Progress) -> dict[str, int]:

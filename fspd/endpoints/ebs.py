@@ -4,7 +4,6 @@ snapshots as a source, and a new snapshot as a sink."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,14 +34,6 @@ log = get_logger("fspd.ebs")
 BYTE_LENGTH_TAG = "fspd:byte-length"
 SOURCE_SNAPSHOT_TAG = "fspd:source-snapshot"
 SOURCE_REGION_TAG = "fspd:source-region"
-SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
-
-
-def check_snapshot_id(value: str, field: str) -> str:
-    if not SNAPSHOT_ID.match(value):
-        raise BadInput(f"{value!r} is not a snapshot id (snap- followed by 8 or 17 hex digits)",
-                       field=field)
-    return value
 
 
 async def describe_snapshot(ctx: JobContext, target: AwsTarget, snapshot_id: str,
