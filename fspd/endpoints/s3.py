@@ -40,15 +40,41 @@ from fspd.archive.reader import (
 )
 from fspd.archive.segments import pack, runs
 from fspd.archive.store import ObjectStore, S3Location, clean_prefix, parse_s3_url, tagging
-from fspd.aws import AwsTarget
+from fspd.aws import AwsTarget, call
 from fspd.blocks import GIB, Block, BlockRef, Kind
 from fspd.endpoints.context import JobContext
-from fspd.errors import BadInput, TransferFailed
+from fspd.errors import BadInput, PermissionProblem, TransferFailed
 from fspd.jobs import S3DestinationSpec, S3SourceSpec
 from fspd.log import get_logger
 from fspd.pipeline import Gap, VolumeInfo
+from fspd.retry import ApiError
 
 log = get_logger("fspd.s3")
+
+
+async def check_bucket(store: ObjectStore, field: str) -> None:
+    """Fail before any data moves when the bucket is missing or out of reach (HeadBucket),
+    naming the bucket; S3 answers a HEAD with a bare status, so it is mapped here."""
+    bucket = store.loc.bucket
+    s3 = await store.client()
+
+    async def attempt() -> None:
+        try:
+            await call(s3, "HeadBucket", Bucket=bucket)
+        except ApiError as exc:
+            if exc.status >= 500 or exc.code in ("SlowDown", "RequestTimeout", "InternalError"):
+                raise
+            if exc.status == 404 or exc.code in ("NoSuchBucket", "404", "NotFound"):
+                raise BadInput(f"bucket {bucket} does not exist ({store.target.describe()}); "
+                               "create it or name another", field=field) from None
+            if exc.status in (401, 403) or exc.code in ("AccessDenied", "Forbidden", "403"):
+                raise PermissionProblem(
+                    f"AWS refused HeadBucket on bucket {bucket}: the credentials need "
+                    f"s3:ListBucket on arn:aws:s3:::{bucket} (or the bucket belongs to "
+                    "another account)") from None
+            raise TransferFailed(f"HeadBucket {bucket} failed: {exc.code}: {exc.message}"
+                                 ) from None
+    await store._retrier().run(attempt)
 
 
 @dataclass
@@ -103,6 +129,7 @@ class S3ArchiveSink:
 
     async def open(self, info: VolumeInfo) -> None:
         loc = self.store.loc
+        await check_bucket(self.store, f"{self.name}.bucket")
         if await self.store.head(MANIFEST_NAME) is not None:
             raise BadInput(f"an archive already exists at {loc.url()} (archives are never "
                            "overwritten; choose another prefix)", field=f"{self.name}.prefix")
@@ -309,6 +336,7 @@ class S3ArchiveSource:
 
     async def open(self) -> VolumeInfo:
         loc = self.store.loc
+        await check_bucket(self.store, "source.bucket")
         if self.fmt == "fsp":
             return await self._open_fsp()
         try:
