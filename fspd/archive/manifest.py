@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -182,6 +183,81 @@ class ManifestWriter:
             self.totals = Trailer(t.segments, t.stored_blocks,
                                   t.zero_blocks + z.stop - z.start, t.stored_bytes)
 
+    @classmethod
+    def resume(cls, path: Path, length: int, pending: Zeros | None = None, *,
+               cut: int | None = None) -> ManifestWriter:
+        """Carry on the manifest file of an interrupted run: keep its first ``length`` bytes
+        (what its checkpoint said was durable) and ``pending`` (zeros not yet written), or,
+        with ``cut``, only the records before block ``cut``. The running SHA-256, totals and
+        order are rebuilt by reading the kept lines again."""
+        self = cls.__new__(cls)
+        self.path = path
+        self._file = path.open("r+b")
+        try:
+            self._reopen(length, pending, cut)
+        except BaseException:
+            self._file.close()
+            raise
+        return self
+
+    def _reopen(self, length: int, pending: Zeros | None, cut: int | None) -> None:
+        f = self._file
+        first = f.readline()
+        if not first.endswith(b"\n") or len(first) > length:
+            raise ValueError("the manifest file is shorter than its checkpoint")
+        self.header = parse_header(json.loads(first), str(self.path))
+        self._sha = hashlib.sha256(first)
+        self._next, self._zeros = 0, pending
+        self.totals = Trailer(0, 0, 0, 0)
+        keep = len(first)
+        last: tuple[Zeros, int, Any] | None = None  # a trailing zeros line, where, sha before
+        for offset, line, rec in read_records(f, self.header, keep, length, str(self.path)):
+            if cut is not None and rec.first >= cut:
+                pending = None
+                break
+            last = (rec, offset, self._sha.copy()) if isinstance(rec, Zeros) else None
+            self._sha.update(line)
+            self._next, keep = rec.stop, offset + len(line)
+            t = self.totals
+            if isinstance(rec, Zeros):
+                self.totals = Trailer(t.segments, t.stored_blocks,
+                                      t.zero_blocks + rec.stop - rec.start, t.stored_bytes)
+            else:
+                self.totals = Trailer(t.segments + 1, t.stored_blocks + rec.count,
+                                      t.zero_blocks, t.stored_bytes + rec.size)
+        if cut is not None:
+            self._zeros = None
+        if self._zeros is None and last is not None:
+            # Take a trailing zero range back into memory, so that the zeros written next
+            # merge with it (and, after a cut, so that it ends at the cut).
+            rec, keep, self._sha = last
+            stop = rec.stop if cut is None else min(rec.stop, cut)
+            self._zeros = Zeros(rec.start, stop)
+            t = self.totals
+            self.totals = Trailer(t.segments, t.stored_blocks,
+                                  t.zero_blocks - (rec.stop - rec.start), t.stored_bytes)
+            self._next = stop
+        if self._zeros is not None:
+            if self._zeros.start < self._next:
+                raise ValueError("the checkpoint's pending zeros overlap the manifest file")
+            self._next = self._zeros.stop
+        f.truncate(keep)
+        f.seek(keep)
+
+    def durable_point(self) -> tuple[int, Zeros | None]:
+        """Flush; return (bytes written so far, the zero range not yet written) for a
+        checkpoint. ``sync()`` then makes those bytes durable."""
+        self._file.flush()
+        return self._file.tell(), self._zeros
+
+    def sync(self) -> None:
+        os.fsync(self._file.fileno())
+
+    @property
+    def next_block(self) -> int:
+        """The first block a record may still start at."""
+        return self._next
+
     def finish(self) -> Trailer:
         """Write the trailer and close; the file is then the complete manifest."""
         self._flush_zeros()
@@ -198,6 +274,23 @@ class ManifestWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def read_records(f: IO[bytes], header: Header, start: int, stop: int, where: str
+                 ) -> Iterator[tuple[int, bytes, Record]]:
+    """(offset, line, record) of each record line of an unfinished manifest file between
+    byte offsets ``start`` (a line start) and ``stop``; every line must be whole."""
+    f.seek(start)
+    offset = start
+    while offset < stop:
+        line = f.readline()
+        if not line.endswith(b"\n") or offset + len(line) > stop:
+            raise ValueError(f"{where}: the manifest file is shorter than its checkpoint")
+        rec = parse_record(json.loads(line), header, f"{where} at byte {offset}")
+        if isinstance(rec, Trailer):
+            raise ValueError(f"{where}: a trailer inside an unfinished manifest")
+        yield offset, line, rec
+        offset += len(line)
 
 
 def _int(obj: dict[str, Any], key: str, where: str, *, minimum: int = 0,

@@ -3,6 +3,12 @@
 Uploads carry S3's own SHA-256 checksum (x-amz-checksum-sha256), so S3 rejects a body damaged
 on the way; objects above ``settings.s3.multipart_threshold`` go up in parts, each with its own
 checksum. Reads retry network errors a few times; a missing object is never retried.
+
+Multipart uploads in progress (upload id, parts done with ETag, checksum and size) are exposed
+by ``uploads_state()`` for the job's checkpoint; after a crash, ``resume_uploads()`` hands them
+back and the next upload of the same key continues that upload (confirmed with ListParts, a
+part reused only if the new body's part has the same SHA-256 and S3 has that part) instead of
+sending every part again.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +35,45 @@ MIN_PART = 5 * MIB
 MAX_PARTS = 10_000
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+# Keys an archive writer owns below its prefix: its segments and its manifest.
+_ARCHIVE_KEY = re.compile(r"^(segments/[0-9]{12}\.[0-9]+\.zst|manifest\.jsonl)$")
+
+
+class UploadGone(TransferFailed):
+    """A multipart upload that no longer exists (aborted, expired or completed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One uploaded part of a multipart upload."""
+
+    number: int
+    etag: str
+    checksum: str  # base64 SHA-256 of the part's bytes
+    size: int
+
+    def to_json(self) -> list[Any]:
+        return [self.number, self.etag, self.checksum, self.size]
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Part:
+        number, etag, checksum, size = raw
+        return cls(int(number), str(etag), str(checksum), int(size))
+
+
+@dataclass(slots=True)
+class Upload:
+    """A multipart upload in progress: parts sent by this run, and parts an interrupted run
+    sent that S3 confirmed (ListParts) and this run may reuse."""
+
+    upload_id: str
+    parts: dict[int, Part] = field(default_factory=dict)
+    prior: dict[int, Part] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        known = {**self.prior, **self.parts}
+        return {"upload_id": self.upload_id,
+                "parts": [known[n].to_json() for n in sorted(known)]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +122,9 @@ class ObjectStore:
         self.ctx = ctx
         self.target = target
         self.loc = loc
-        self._uploads: dict[str, str] = {}  # key → multipart UploadId in progress
+        self._uploads: dict[str, Upload] = {}  # key → multipart upload in progress
+        self._resumable: dict[str, dict[str, Any]] = {}  # rel → an interrupted run's upload
+        self.parts_resumed = 0  # parts of interrupted uploads reused instead of sent again
         s3 = ctx.settings.s3
         self.multipart_threshold = int(s3.get("multipart_threshold", 64 * MIB))
         self.part_size = int(s3.get("part_size", 16 * MIB))
@@ -97,6 +144,9 @@ class ObjectStore:
         url = self.loc.url(rel)
         if exc.code in _MISSING:
             return SegmentMissing(f"{url} does not exist ({exc.operation}: {exc.code})")
+        if exc.code == "NoSuchUpload":
+            return UploadGone(f"the multipart upload of {url} no longer exists "
+                              f"({exc.operation}: {exc.code})")
         if exc.code == "NoSuchBucket":
             return BadInput(f"bucket {self.loc.bucket} does not exist ({self.target.describe()})",
                             field="bucket")
@@ -197,23 +247,31 @@ class ObjectStore:
                          extra: dict[str, Any]) -> None:
         s3 = await self.client()
         bucket, key = self.loc.bucket, self.loc.key(rel)
-        resp = await self._run(rel, lambda: call(
-            s3, "CreateMultipartUpload", Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
-            **extra))
-        upload_id = str(resp["UploadId"])
-        self._uploads[key] = upload_id
-        done: list[dict[str, Any]] = []
+        upload = await self._continue(rel)
+        if upload is None:
+            resp = await self._run(rel, lambda: call(
+                s3, "CreateMultipartUpload", Bucket=bucket, Key=key,
+                ChecksumAlgorithm="SHA256", **extra))
+            upload = Upload(str(resp["UploadId"]))
+        self._uploads[key] = upload
+        upload_id = upload.upload_id
         try:
             number = 0
             async for chunk in parts:
                 number += 1
                 checksum = _b64(await self.ctx.offload(lambda c=chunk: hashlib.sha256(c)
                                                        .digest()))
+                prior = upload.prior.get(number)
+                if prior is not None and (prior.checksum, prior.size) == (checksum, len(chunk)):
+                    upload.parts[number] = prior
+                    self.parts_resumed += 1
+                    continue
                 part = await self._run(rel, lambda n=number, c=chunk, s=checksum: call(
                     s3, "UploadPart", Bucket=bucket, Key=key, UploadId=upload_id,
                     PartNumber=n, Body=c, ChecksumAlgorithm="SHA256", ChecksumSHA256=s))
-                done.append({"PartNumber": number, "ETag": part["ETag"],
-                             "ChecksumSHA256": checksum})
+                upload.parts[number] = Part(number, str(part["ETag"]), checksum, len(chunk))
+            done = [{"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": p.checksum}
+                    for p in (upload.parts[n] for n in range(1, number + 1))]
             await self._run(rel, lambda: call(
                 s3, "CompleteMultipartUpload", Bucket=bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": done}))
@@ -222,8 +280,58 @@ class ObjectStore:
             raise
         self._uploads.pop(key, None)
 
+    def uploads_state(self) -> dict[str, dict[str, Any]]:
+        """The multipart uploads in progress, by key below the prefix, for a checkpoint;
+        an interrupted run's uploads not yet continued are kept too."""
+        out = dict(self._resumable)
+        for key, upload in self._uploads.items():
+            out[key[len(self.loc.key("")):]] = upload.to_json()
+        return out
+
+    def resume_uploads(self, uploads: dict[str, dict[str, Any]]) -> None:
+        """Uploads an interrupted run left in progress (from ``uploads_state``): the next
+        upload of each key continues its upload."""
+        self._resumable = dict(uploads)
+
+    async def _continue(self, rel: str) -> Upload | None:
+        """The interrupted run's upload of ``rel`` with the parts S3 confirms, or None (and a
+        note, when it is gone) so that a new upload starts."""
+        saved = self._resumable.pop(rel, None)
+        if saved is None:
+            return None
+        try:
+            upload = Upload(str(saved["upload_id"]))
+            recorded = [Part.from_json(raw) for raw in saved.get("parts", [])]
+        except (KeyError, TypeError, ValueError):
+            return None
+        try:
+            listed = await self._list_parts(rel, upload.upload_id)
+        except UploadGone:
+            self.ctx.note(f"the multipart upload of {self.loc.url(rel)} from the interrupted "
+                          "run no longer exists (aborted or expired); uploading it again")
+            return None
+        upload.prior = {p.number: p for p in recorded
+                        if listed.get(p.number) == (p.etag, p.size)}
+        return upload
+
+    async def _list_parts(self, rel: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        s3 = await self.client()
+        out: dict[int, tuple[str, int]] = {}
+        marker = 0
+        while True:
+            page = await self._run(rel, lambda m=marker: call(
+                s3, "ListParts", Bucket=self.loc.bucket, Key=self.loc.key(rel),
+                UploadId=upload_id, PartNumberMarker=m))
+            for part in page.get("Parts", []) or []:
+                out[int(part["PartNumber"])] = (str(part["ETag"]), int(part["Size"]))
+            if not page.get("IsTruncated"):
+                return out
+            marker = int(page["NextPartNumberMarker"])
+
     async def _abort_upload(self, key: str, upload_id: str) -> None:
-        self._uploads.pop(key, None)
+        mine = self._uploads.get(key)
+        if mine is not None and mine.upload_id == upload_id:
+            del self._uploads[key]
         s3 = await self.client()
         # If this fails too, an S3 lifecycle rule cleans up abandoned uploads.
         with contextlib.suppress(ApiError, OSError):
@@ -231,8 +339,49 @@ class ObjectStore:
                        UploadId=upload_id)
 
     async def abort_all(self) -> None:
-        for key, upload_id in list(self._uploads.items()):
+        for key, upload in list(self._uploads.items()):
+            await self._abort_upload(key, upload.upload_id)
+
+    async def abort_stale_uploads(self) -> int:
+        """Abort every multipart upload of this archive's own keys (segments, manifest) that
+        this store is not running: what interrupted runs left behind, including uploads
+        started after their last checkpoint. Returns how many were aborted."""
+        s3 = await self.client()
+        base = self.loc.key("")
+        ours = {(key, u.upload_id) for key, u in self._uploads.items()}
+        stale: list[tuple[str, str]] = []
+        markers: dict[str, str] = {}
+        while True:
+            page = await self._run("", lambda m=markers: call(
+                s3, "ListMultipartUploads", Bucket=self.loc.bucket, Prefix=base, **m))
+            for up in page.get("Uploads", []) or []:
+                key, upload_id = str(up["Key"]), str(up["UploadId"])
+                if _ARCHIVE_KEY.match(key[len(base):]) and (key, upload_id) not in ours:
+                    stale.append((key, upload_id))
+            if not page.get("IsTruncated"):
+                break
+            markers = {"KeyMarker": page["NextKeyMarker"],
+                       "UploadIdMarker": page["NextUploadIdMarker"]}
+        for key, upload_id in stale:
             await self._abort_upload(key, upload_id)
+        self._resumable.clear()
+        return len(stale)
+
+    async def list_sizes(self, under: str) -> AsyncIterator[tuple[str, int]]:
+        """(name below the prefix, size) of every object under ``under``, in key order."""
+        s3 = await self.client()
+        base = self.loc.key("")
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.loc.bucket, "Prefix": base + under}
+            if token:
+                params["ContinuationToken"] = token
+            page = await self._run(under, lambda p=params: call(s3, "ListObjectsV2", **p))
+            for obj in page.get("Contents", []) or []:
+                yield str(obj["Key"])[len(base):], int(obj["Size"])
+            token = page.get("NextContinuationToken")
+            if not token:
+                return
 
     async def list_names(self) -> AsyncIterator[str]:
         """Object names directly below the prefix (``prefix/NAME``), in S3's order."""
