@@ -5,6 +5,14 @@ says which blocks a window will get, so a window is packed as soon as its last b
 Packing (zstd) runs on the job's thread pool. The manifest is kept in a local file as windows
 finish, in block order, and uploaded last.
 
+Resuming (``checkpoint_state`` / ``has``): a window is done when every segment of it is in S3
+(PutObject or CompleteMultipartUpload answered, S3 having checked its SHA-256). The checkpoint
+holds how many bytes of the local manifest file are durable (every window before
+``next_window`` is in it), the records of done windows not yet in it (few: windows finish
+nearly in order), and the multipart uploads in progress with their parts. A resumed run checks
+that the segments it relies on are still in S3 (one listing, merged with the manifest file in
+key order), carries the manifest file on, skips the done windows, and continues the uploads.
+
 The source plans the restore from the manifests (and parents) and keeps at most a few windows
 of verified blocks in memory: a loader walks the plan ahead of the fetchers, and a window is
 dropped once its last block has been handed out.
@@ -13,22 +21,33 @@ dropped once its last block has been handed out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import itertools
+import json
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fspd.archive import MANIFEST_NAME
+from fspd.archive import MANIFEST_NAME, SEGMENT_DIR
 from fspd.archive.fsp_import import Coverage, incomplete_message, index_segments, parse_dir
 from fspd.archive.manifest import (
     Header,
     ManifestError,
+    ManifestFile,
     ManifestWriter,
     ParentRef,
     Record,
     Segment,
+    Trailer,
     Zeros,
+    header_json,
+    parse_header,
+    parse_record,
+    read_records,
+    record_json,
 )
 from fspd.archive.reader import (
     Level,
@@ -126,11 +145,26 @@ class S3ArchiveSink:
         self._incremental = False
         self._writer: ManifestWriter | None = None
         self._parent_url: str | None = None
+        # Resuming: windows below ``_next_window`` are in the manifest file; ``_resumed`` are
+        # the done windows of an interrupted run that are not; gaps before ``_resume_next``
+        # are in the manifest file already.
+        self._next_window = 0
+        self._resumed: dict[int, list[Record]] = {}
+        self._resume_next = 0
+        self.windows_resumed = 0
+        self.already_complete = False  # an interrupted run had written the manifest
+        self._complete: tuple[dict[str, Any], Trailer] | None = None
 
     async def open(self, info: VolumeInfo) -> None:
         loc = self.store.loc
         await check_bucket(self.store, f"{self.name}.bucket")
+        state = self.ctx.resume_state(self.name)
+        if state is not None and (state.get("type") != "s3" or state.get("url") != loc.url()):
+            state = None
         if await self.store.head(MANIFEST_NAME) is not None:
+            if state is not None and await self._written_by(state):
+                self.already_complete = True
+                return
             raise BadInput(f"an archive already exists at {loc.url()} (archives are never "
                            "overwritten; choose another prefix)", field=f"{self.name}.prefix")
         parent = await self._parent()
@@ -143,9 +177,139 @@ class S3ArchiveSink:
             tags=dict(info.tags), encrypted=info.encrypted)
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.ctx.state_dir / f"{self.name}.manifest.jsonl"
-        self._writer = ManifestWriter(path, header)
+        if state is not None:
+            try:
+                await self._resume(state, path, header)
+            except (ValueError, KeyError, TypeError, OSError, ManifestError) as exc:
+                self.ctx.note(f"{self.name}: cannot resume the archive ({exc}); archiving "
+                              "it from the start")
+                self._next_window, self._resumed, self._resume_next = 0, {}, 0
+                self.store.resume_uploads({})
+        if self._writer is None:
+            self._writer = ManifestWriter(path, header)
         log.info("archive_started", destination=self.name, url=loc.url(),
-                 parent=self._parent_url, segment_blocks=self.width, zstd_level=self.level)
+                 parent=self._parent_url, segment_blocks=self.width, zstd_level=self.level,
+                 resumed_windows=len(self._resumed), next_window=self._next_window)
+
+    async def _written_by(self, state: dict[str, Any]) -> bool:
+        """Whether the archive's manifest is the one this job's interrupted run wrote (the
+        same header, down to its ``created`` time): then the archive is complete."""
+        path = self.ctx.state_dir / f"{self.name}.remote-manifest.jsonl"
+        self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.store.download(MANIFEST_NAME, path)
+            manifest = ManifestFile(path, self.store.loc.url(MANIFEST_NAME))
+            with path.open("rb") as f:
+                header = json.loads(f.readline())
+            if header != state.get("header"):
+                return False
+            self._complete = (header, await self.ctx.offload(manifest.validate))
+            return True
+        except (ValueError, ManifestError):
+            return False
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _resume(self, state: dict[str, Any], path: Path, header: Header) -> None:
+        """Carry on from an interrupted run's checkpoint (see the module docstring)."""
+        saved = state["header"]
+        if (saved.get("volume_size"), saved.get("segment_blocks"), saved.get("zstd_level"),
+                saved.get("parent")) != (header.volume_size, self.width, self.level,
+                                         header_json(header)["parent"]):
+            raise ValueError("the volume or the archive settings changed")
+        length = int(state["manifest_bytes"])
+        pending = state.get("pending_zeros")
+        next_window = int(state["next_window"])
+        with path.open("rb") as f:
+            first = f.readline()
+        if json.loads(first) != saved:
+            raise ValueError("the local manifest file is not the checkpoint's")
+        old = parse_header(saved, str(path))
+        windows = {int(n): [parse_record(r, old, f"checkpoint window {n}") for r in recs]
+                   for n, recs in state["windows"].items()}
+        if any(n < next_window for n in windows):
+            raise ValueError("the checkpoint's windows overlap the manifest file")
+        vanished, lost = await self._vanished(path, old, len(first), length, windows)
+        if vanished is not None:
+            cut = vanished.first // self.width
+            self.ctx.note(f"{self.name}: {self.store.loc.url(vanished.key)} is gone since the "
+                          f"interrupted run; archiving again from block {cut * self.width}")
+            self._writer = await self.ctx.offload(lambda: ManifestWriter.resume(
+                path, length, cut=cut * self.width))
+            next_window, windows = cut, {}
+        else:
+            for number in sorted(lost):
+                del windows[number]
+                self.ctx.note(f"{self.name}: a segment of window {number} is gone since the "
+                              "interrupted run; archiving that window again")
+            zeros = Zeros(int(pending[0]), int(pending[1])) if pending else None
+            self._writer = await self.ctx.offload(lambda: ManifestWriter.resume(
+                path, length, zeros))
+        self._next_window, self._resumed = next_window, windows
+        self._resume_next = self._writer.next_block
+        self.store.resume_uploads(dict(state.get("uploads") or {}))
+        log.info("archive_resumed", destination=self.name, url=self.store.loc.url(),
+                 next_window=next_window, done_windows=len(windows),
+                 uploads=len(state.get("uploads") or {}))
+
+    async def _vanished(self, path: Path, header: Header, start: int, length: int,
+                        windows: dict[int, list[Record]]) -> tuple[Segment | None, set[int]]:
+        """Check the segments a resume relies on against one listing of ``segments/`` (keys
+        sort in block order, like the manifest): the first segment of the manifest file that
+        is missing or has another size, else the checkpoint windows that lost a segment."""
+        async with contextlib.aclosing(self.store.list_sizes(f"{SEGMENT_DIR}/")) as listing:
+            current = await anext(listing, None)
+
+            async def present(seg: Segment) -> bool:
+                nonlocal current
+                while current is not None and current[0] < seg.key:
+                    current = await anext(listing, None)
+                return current == (seg.key, seg.size)
+
+            with path.open("rb") as f:
+                records = read_records(f, header, start, length, str(path))
+                while batch := await self.ctx.offload(
+                        lambda: list(itertools.islice(records, 4096))):
+                    for _offset, _line, rec in batch:
+                        if isinstance(rec, Segment) and not await present(rec):
+                            return rec, set()
+            lost = set()
+            for number in sorted(windows):
+                for rec in windows[number]:
+                    if isinstance(rec, Segment) and not await present(rec):
+                        lost.add(number)
+                        break
+            return None, lost
+
+    def has(self, index: int) -> bool:
+        """Whether the block's window is done: all its segments are in S3."""
+        if self.already_complete:
+            return True
+        number = index // self.width
+        if number < self._next_window or number in self._resumed:
+            return True
+        window = self._windows.get(number)
+        return window is not None and window.state == "done"
+
+    async def checkpoint_state(self) -> dict[str, Any]:
+        loc = self.store.loc
+        if self.already_complete:
+            assert self._complete is not None
+            return {"type": "s3", "url": loc.url(), "header": self._complete[0]}
+        assert self._writer is not None
+        # Everything below is taken at one instant (no await), so it is consistent.
+        length, pending = self._writer.durable_point()
+        windows = {str(w.number): [record_json(r) for r in w.records]
+                   for w in self._windows.values() if w.state == "done"}
+        windows.update({str(n): [record_json(r) for r in recs]
+                        for n, recs in self._resumed.items()})
+        state = {"type": "s3", "url": loc.url(), "header": header_json(self._writer.header),
+                 "manifest_bytes": length,
+                 "pending_zeros": [pending.start, pending.stop] if pending else None,
+                 "next_window": self._next_window, "windows": windows,
+                 "uploads": self.store.uploads_state()}
+        await self.ctx.offload(self._writer.sync)  # the bytes claimed are on disk first
+        return state
 
     async def _parent(self) -> ParentRef | None:
         field = f"{self.name}.parent_prefix"
@@ -177,21 +341,37 @@ class S3ArchiveSink:
 
     # The pipeline's listing hooks: called in listing order, before blocks are fetched.
     def listed(self, entry: BlockRef | Gap) -> None:
+        if self.already_complete:
+            return
         if isinstance(entry, Gap):
-            if self._incremental:  # in a delta, unlisted blocks read zeros (volume growth)
-                self._gaps.append((entry.start, entry.stop))
+            # In a delta, unlisted blocks read zeros (volume growth); a resumed run skips the
+            # part of a gap its manifest file has already.
+            if self._incremental and entry.stop > self._resume_next:
+                self._gaps.append((max(entry.start, self._resume_next), entry.stop))
             self._frontier = entry.stop
         else:
             number = entry.index // self.width
-            window = self._windows.get(number)
-            if window is None:
-                window = self._windows[number] = _Window(number)
-            window.expected += 1
             self._frontier = entry.index + 1
+            window = self._windows.get(number)
+            if window is None and number >= self._next_window:
+                records = self._resumed.pop(number, None)
+                window = self._windows[number] = _Window(number)
+                if records is not None:  # done by the interrupted run
+                    window.state, window.records = "done", records
+                    self.windows_resumed += 1
+                    self._emit()
+            if window is not None and window.state == "open":
+                window.expected += 1
         self._mark_ready()
 
     def listing_done(self) -> None:
         self._listing_done = True
+        if self._resumed:  # done windows the listing did not name again (not expected)
+            for number, records in self._resumed.items():
+                self._windows[number] = _Window(number, state="done", records=records)
+            self._resumed.clear()
+            self._windows = OrderedDict(sorted(self._windows.items()))
+            self._emit()
         self._mark_ready()
 
     def _mark_ready(self) -> None:
@@ -203,6 +383,8 @@ class S3ArchiveSink:
                 self._ready.append(window)
 
     async def write(self, block: Block) -> bool:
+        if self.has(block.index):  # another destination needed it; this one has it
+            return False
         window = self._windows[block.index // self.width]
         window.received += 1
         if block.zero:
@@ -248,6 +430,7 @@ class S3ArchiveSink:
             if window.state != "done":
                 return
             del self._windows[number]
+            self._next_window = number + 1
             for rec in window.records:
                 self._emit_gaps(rec.first)
                 if isinstance(rec, Zeros):
@@ -261,25 +444,42 @@ class S3ArchiveSink:
             self._writer.zeros(*self._gaps.popleft())
 
     async def commit(self) -> dict[str, Any]:
+        loc = self.store.loc
+        if self.already_complete:
+            assert self._complete is not None
+            t = self._complete[1]
+            stale = await self.store.abort_stale_uploads()
+            return {"destination": self.name, "type": "s3", "url": loc.url(),
+                    "manifest": loc.url(MANIFEST_NAME), "parent": self._parent_url,
+                    "segments": t.segments, "stored_blocks": t.stored_blocks,
+                    "zero_blocks": t.zero_blocks, "stored_bytes": t.stored_bytes,
+                    "stale_uploads_aborted": stale, "state": "completed",
+                    "note": "completed by an earlier run of this job"}
         assert self._writer is not None
         await self._drain()
+        self._emit()
         if self._windows:
             number = next(iter(self._windows))
             raise TransferFailed(f"{self.name}: window {number} never received all its "
                                  "blocks (internal error); no manifest was written")
         self._emit_gaps(None)
+        # Uploads an interrupted run left (not continued, or begun after its last checkpoint)
+        # would otherwise linger, unseen and billed.
+        stale = await self.store.abort_stale_uploads()
         trailer = self._writer.finish()
         await self.store.put_file(MANIFEST_NAME, self._writer.path, self._extra,
                                   if_none_match=True)
         self._writer.path.unlink(missing_ok=True)
-        loc = self.store.loc
         log.info("archive_completed", destination=self.name, url=loc.url(),
-                 segments=trailer.segments, stored_blocks=trailer.stored_blocks)
+                 segments=trailer.segments, stored_blocks=trailer.stored_blocks,
+                 windows_resumed=self.windows_resumed,
+                 parts_resumed=self.store.parts_resumed, stale_uploads_aborted=stale)
         return {"destination": self.name, "type": "s3", "url": loc.url(),
                 "manifest": loc.url(MANIFEST_NAME), "parent": self._parent_url,
                 "segments": trailer.segments, "stored_blocks": trailer.stored_blocks,
                 "zero_blocks": trailer.zero_blocks, "stored_bytes": trailer.stored_bytes,
-                "state": "completed"}
+                "parts_resumed": self.store.parts_resumed,
+                "stale_uploads_aborted": stale, "state": "completed"}
 
     async def abort(self, error: BaseException) -> dict[str, Any]:
         if self._writer is not None:
@@ -288,8 +488,9 @@ class S3ArchiveSink:
         loc = self.store.loc
         return {"destination": self.name, "type": "s3", "url": loc.url(), "state": "failed",
                 "error": str(error),
-                "note": f"no manifest was written, so {loc.url()} is not an archive; segments "
-                        f"already uploaded under {loc.url('segments/')} can be removed"}
+                "note": f"no manifest was written, so {loc.url()} is not an archive yet; run "
+                        "the job again with its state directory to resume it, or remove the "
+                        f"segments already uploaded under {loc.url('segments/')}"}
 
 
 def _index_runs(indexes: list[int]) -> Iterator[tuple[int, int]]:
