@@ -137,7 +137,15 @@ class Scheduler:
             present = set()
             for entry in self.spool.entries("new"):
                 present.add(entry.name)
-                if entry.name not in self.jobs:
+                old = self.jobs.get(entry.name)
+                if (old is not None and old.state in TERMINAL
+                        and (old.task is None or old.task.done())):
+                    # Put back into new/ by an operator after fixing the cause: a new run
+                    # of the same job (same engine id), which resumes from its checkpoint.
+                    log.info("job_retried", job=entry.name, was=old.state)
+                    del self.jobs[entry.name]
+                    old = None
+                if old is None:
                     await self._discover(entry)
             for name, rec in list(self.jobs.items()):  # taken by another daemon
                 if rec.box == "new" and rec.state == "queued" and name not in present:
