@@ -301,3 +301,45 @@ async def test_revoked_read_permission_mid_download_names_the_iam_action(
                   settings=fast_settings(fetch_concurrency=2))
     await revoker
     assert time.monotonic() - task_started < 20
+
+
+# --- secrets never leak --------------------------------------------------------------------
+
+SECRET = "fspdSECRETmarker7f3a9c1e5b"
+TOKEN = "fspdTOKENmarker2d8e4b6a0c"
+SECRET_ENV = {"AWS_ACCESS_KEY_ID": "AKIAFSPDLEAKTEST0001", "AWS_SECRET_ACCESS_KEY": SECRET,
+              "AWS_SESSION_TOKEN": TOKEN}
+
+
+def _tree_text(root: Path) -> str:
+    """Every file under ``root``, as text (bytes decoded leniently)."""
+    return "\n".join(p.read_bytes().decode("utf-8", "replace")
+                     for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def test_secrets_never_appear_in_cli_output_or_checkpoints_even_at_debug_level(
+        emulator: EmulatorControl, tmp_path: Path) -> None:
+    # The emulator checks signatures made with the marker secret, so the requests are real.
+    emulator.config(access_keys={SECRET_ENV["AWS_ACCESS_KEY_ID"]: {
+        "secret": SECRET, "account": "111122223333"}})
+    env = {**os.environ, **SECRET_ENV}
+    snap = emulator.synthetic(region="us-east-1", volume_size=1, allocation="sparse",
+                              density=0.005, seed=37)
+    seen: list[str] = []
+    for name, deny in (("ok", []), ("denied", [{"operations": ["GetSnapshotBlock"]}])):
+        emulator.config(deny=deny)
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        job = Job(run_dir, {
+            "source": {"type": "ebs", "snapshot_id": snap, "endpoint_url": emulator.url},
+            "destinations": [{"type": "file", "path": str(run_dir / "out.img")}]})
+        done = subprocess.run(
+            [sys.executable, "-m", "fspd", "--log-level", "debug", "--log-json", "run",
+             str(job.file), "--state-dir", str(job.state), "--config", str(job.config),
+             "--json"], capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert done.returncode == (0 if not deny else ExitCode.PERMISSION), done.stderr
+        seen += [done.stdout, done.stderr, _tree_text(job.state)]
+    assert job.checkpoint.exists()  # the failed run's journal was looked at too
+    everything = "\n".join(seen)
+    assert "ebs:GetSnapshotBlock" in everything  # the failure was captured...
+    assert SECRET not in everything and TOKEN not in everything  # ...and no secret with it
