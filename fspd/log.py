@@ -1,11 +1,14 @@
 """Logging setup: structlog, JSON lines off a TTY, console rendering on one.
 
-Credentials never reach a log line: :func:`_redact` drops values of keys that look secret.
+Credentials never reach a log line: :func:`_redact` drops values of keys that look secret,
+and replaces this process's own secret values (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+...) wherever they appear inside any other value, such as an error message.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -14,11 +17,36 @@ import structlog
 _SECRET_MARKERS = ("secret", "password", "token", "credential", "authorization", "session_key")
 
 
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+               "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+
+
+def _secret_values() -> list[str]:
+    """Secret values this process knows of; read each time, so a value set later counts."""
+    return [v for k in _SECRET_ENV if len(v := os.environ.get(k, "")) >= 8]
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v, secrets) for v in value)
+    return value
+
+
 def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    secrets = _secret_values()
     for key in list(event):
         lowered = key.lower()
         if any(marker in lowered for marker in _SECRET_MARKERS):
             event[key] = "***"
+        elif secrets:
+            event[key] = _scrub(event[key], secrets)
     return event
 
 

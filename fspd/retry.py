@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -42,6 +43,18 @@ IAM_ACTION = {
 }
 
 
+# AWS answers a bad signature with the canonical request it expected, and that request holds
+# the X-Amz-Security-Token header: a session token in an error message. Messages are cut there.
+_CANONICAL = re.compile(r"\s*The (Canonical String|String-to-Sign) for this request.*",
+                        re.IGNORECASE | re.DOTALL)
+_TOKEN = re.compile(r"(x-amz-security-token[:=]\s*)[^\s&'\"]+", re.IGNORECASE)
+
+
+def scrub(message: str) -> str:
+    """An AWS error message without the canonical request or any security token in it."""
+    return _TOKEN.sub(r"\1***", _CANONICAL.sub(" (canonical request omitted)", message))
+
+
 class Verdict(Enum):
     THROTTLED = "throttled"
     TRANSIENT = "transient"
@@ -57,7 +70,7 @@ class ApiError(Exception):
                  reason: str = "") -> None:
         self.operation = operation
         self.code = code
-        self.message = message
+        self.message = message = scrub(message)
         self.status = status
         self.reason = reason
         super().__init__(f"{operation}: {code}{f' ({reason})' if reason else ''}: {message}")

@@ -343,3 +343,47 @@ def test_secrets_never_appear_in_cli_output_or_checkpoints_even_at_debug_level(
     everything = "\n".join(seen)
     assert "ebs:GetSnapshotBlock" in everything  # the failure was captured...
     assert SECRET not in everything and TOKEN not in everything  # ...and no secret with it
+
+
+def test_an_aws_error_quoting_the_canonical_request_loses_the_session_token() -> None:
+    """Real AWS answers a bad signature with the canonical request it expected, which holds
+    the X-Amz-Security-Token header (the emulator does not quote it, so this is built here)."""
+    from botocore.exceptions import ClientError
+
+    from fspd.retry import ApiError, fatal_error
+
+    message = ("The request signature we calculated does not match the signature you "
+               "provided.\n\nThe Canonical String for this request should have been\n'POST\n/"
+               f"\n\nhost:ebs.us-east-1.amazonaws.com\nx-amz-security-token:{TOKEN}\n'\n\n"
+               f"The String-to-Sign should have been\n'AWS4-HMAC-SHA256\n{TOKEN}'")
+    raw = ClientError({"Error": {"Code": "InvalidSignatureException", "Message": message},
+                       "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutSnapshotBlock")
+    error = fatal_error(ApiError.from_client_error(raw))
+    assert isinstance(error, PermissionProblem)
+    assert "ebs:PutSnapshotBlock" in str(error) and "signature we calculated" in str(error)
+    assert TOKEN not in str(error)
+    direct = ApiError("GetObject", "AccessDenied", f"X-Amz-Security-Token={TOKEN}&x=1")
+    assert TOKEN not in str(direct) and TOKEN not in direct.message
+
+
+def test_log_lines_never_carry_this_process_s_secret_values(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    import structlog
+
+    from fspd import log
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+    out = io.StringIO()
+    log.configure("debug", json=True, stream=out)
+    try:
+        log.get_logger("test").warning("job_failed", error=f"bad key {SECRET}",
+                                       details={"why": [f"token {TOKEN}"]}, secret_key="x")
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(out.getvalue())
+    assert line["error"] == "bad key ***" and line["details"] == {"why": ["token ***"]}
+    assert line["secret_key"] == "***"
+    assert SECRET not in out.getvalue() and TOKEN not in out.getvalue()
