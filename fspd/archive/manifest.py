@@ -207,15 +207,16 @@ class ManifestWriter:
             raise ValueError("the manifest file is shorter than its checkpoint")
         self.header = parse_header(json.loads(first), str(self.path))
         self._sha = hashlib.sha256(first)
-        self._next, self._zeros = 0, pending
+        self._next, self._zeros = 0, (pending if cut is None else None)
         self.totals = Trailer(0, 0, 0, 0)
         keep = len(first)
-        last: tuple[Zeros, int, Any] | None = None  # a trailing zeros line, where, sha before
+        # A trailing zeros line: the record, its offset, and the SHA-256 and order before it.
+        last: tuple[Zeros, int, Any, int] | None = None
         for offset, line, rec in read_records(f, self.header, keep, length, str(self.path)):
             if cut is not None and rec.first >= cut:
-                pending = None
                 break
-            last = (rec, offset, self._sha.copy()) if isinstance(rec, Zeros) else None
+            last = ((rec, offset, self._sha.copy(), self._next) if isinstance(rec, Zeros)
+                    else None)
             self._sha.update(line)
             self._next, keep = rec.stop, offset + len(line)
             t = self.totals
@@ -225,18 +226,14 @@ class ManifestWriter:
             else:
                 self.totals = Trailer(t.segments + 1, t.stored_blocks + rec.count,
                                       t.zero_blocks, t.stored_bytes + rec.size)
-        if cut is not None:
-            self._zeros = None
         if self._zeros is None and last is not None:
             # Take a trailing zero range back into memory, so that the zeros written next
             # merge with it (and, after a cut, so that it ends at the cut).
-            rec, keep, self._sha = last
-            stop = rec.stop if cut is None else min(rec.stop, cut)
-            self._zeros = Zeros(rec.start, stop)
+            rec, keep, self._sha, self._next = last
+            self._zeros = Zeros(rec.start, rec.stop if cut is None else min(rec.stop, cut))
             t = self.totals
             self.totals = Trailer(t.segments, t.stored_blocks,
                                   t.zero_blocks - (rec.stop - rec.start), t.stored_bytes)
-            self._next = stop
         if self._zeros is not None:
             if self._zeros.start < self._next:
                 raise ValueError("the checkpoint's pending zeros overlap the manifest file")
