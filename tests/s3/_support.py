@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import random
 from pathlib import Path
@@ -169,3 +170,18 @@ async def put_snapshot(ebs: Any, blocks: dict[int, bytes], *, parent: str | None
                                 Checksum=aggregate, ChecksumAlgorithm="SHA256",
                                 ChecksumAggregationMethod="LINEAR")
     return str(snap)
+
+
+def assert_archive_is_exactly(moto: str, bucket: str, prefix: str) -> list[str]:
+    """The prefix holds the manifest and exactly the segments it names (no duplicate, no
+    leftover), and no multipart upload is in progress; returns the segment keys."""
+    s3 = s3_client(moto)
+    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.jsonl")["Body"].read()
+    named = [json.loads(line)["segment"] for line in body.splitlines()
+             if line.startswith(b'{"segment"')]
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
+              .get("Contents", [])]
+    assert sorted(listed) == sorted([f"{prefix}/manifest.jsonl",
+                                     *(f"{prefix}/{k}" for k in named)])
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    return named

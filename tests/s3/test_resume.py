@@ -18,7 +18,14 @@ import pytest
 
 from fspd.archive.manifest import ManifestWriter, Segment, Zeros, segment_key
 from fspd.blocks import BLOCK_SIZE
-from tests.s3._support import MIB, assert_volume_file, make_image, run, s3_client
+from tests.s3._support import (
+    MIB,
+    assert_archive_is_exactly,
+    assert_volume_file,
+    make_image,
+    run,
+    s3_client,
+)
 
 NAME = "resume-me"
 DEST = "destinations[0]"
@@ -86,21 +93,6 @@ class Job:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         return dict(json.loads(out))
-
-
-def assert_archive_is_exactly(moto: str, bucket: str, prefix: str) -> list[str]:
-    """The prefix holds the manifest and exactly the segments it names (no duplicate, no
-    leftover), and no multipart upload is in progress; returns the segment keys."""
-    s3 = s3_client(moto)
-    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.jsonl")["Body"].read()
-    named = [json.loads(line)["segment"] for line in body.splitlines()
-             if line.startswith(b'{"segment"')]
-    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
-              .get("Contents", [])]
-    assert sorted(listed) == sorted([f"{prefix}/manifest.jsonl",
-                                     *(f"{prefix}/{k}" for k in named)])
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    return named
 
 
 async def assert_restores(moto: str, bucket: str, prefix: str, image: bytes,
