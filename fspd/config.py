@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -61,6 +61,13 @@ class SnapshotSettings(_Section):
     timeout_minutes: int = Field(4320, ge=10, le=4320)  # StartSnapshot Timeout for new snapshots
 
 
+class S3Settings(_Section):
+    # Archive objects above this size go up as multipart uploads, in parts of part_size
+    # (S3 allows 5 MiB to 5 GiB per part, at most 10,000 parts).
+    multipart_threshold: int = Field(64 << 20, ge=5 << 20, le=5 << 30)
+    part_size: int = Field(16 << 20, ge=5 << 20, le=5 << 30)
+
+
 class PathSettings(_Section):
     # Prefixes jobs may write to / read from. By default nothing under /dev.
     allow_write: tuple[str, ...] = ("/",)
@@ -93,8 +100,8 @@ class Settings(_Section):
     retry: RetrySettings = RetrySettings()
     snapshot: SnapshotSettings = SnapshotSettings()
     paths: PathSettings = PathSettings()
+    s3: S3Settings = S3Settings()
     daemon: DaemonSettings = DaemonSettings()
-    s3: dict[str, Any] = Field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

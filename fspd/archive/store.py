@@ -126,8 +126,8 @@ class ObjectStore:
         self._resumable: dict[str, dict[str, Any]] = {}  # rel → an interrupted run's upload
         self.parts_resumed = 0  # parts of interrupted uploads reused instead of sent again
         s3 = ctx.settings.s3
-        self.multipart_threshold = int(s3.get("multipart_threshold", 64 * MIB))
-        self.part_size = int(s3.get("part_size", 16 * MIB))
+        self.multipart_threshold = s3.multipart_threshold
+        self.part_size = s3.part_size
         if self.part_size < MIN_PART:
             raise BadInput(f"must be at least {MIN_PART} bytes (S3's minimum part size)",
                            field="s3.part_size")

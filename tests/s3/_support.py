@@ -15,7 +15,7 @@ import boto3
 
 from fspd import jobs
 from fspd.blocks import BLOCK_SIZE
-from fspd.config import RetrySettings, Settings, TransferSettings
+from fspd.config import RetrySettings, S3Settings, Settings, TransferSettings
 from fspd.run import run_job
 
 B = BLOCK_SIZE
@@ -31,7 +31,7 @@ def settings(**s3: Any) -> Settings:
                                   worker_threads=2),
         retry=RetrySettings(backoff_base_s=0.005, backoff_cap_s=0.05, max_attempts=3,
                             not_found_window_s=5, completion_wait_s=30),
-        s3=s3)
+        s3=S3Settings(**s3))
 
 
 async def run(spec: dict[str, Any], conf: Settings | None = None) -> dict[str, Any]:
