@@ -132,4 +132,4 @@ async def movetos3_floor(base: str, region: str, snapshot_id: str,
             async with session.put(url, data=body,
                                    headers={"x-amz-checksum-sha256": checksum}) as resp:
                 if resp.status != 200:
-                    raise RuntimeError(f"floor: S3 PUT {resp.status}")
+                    raise RuntimeError(f"floor: S3 PUT {resp.status}: {await resp.text()}")
