@@ -209,8 +209,9 @@ class Bench:
     async def movetos3(self, s3_url: str) -> None:
         import boto3
 
-        boto3.client("s3", region_name=REGION, endpoint_url=s3_url).create_bucket(
-            Bucket="bench")
+        boto3.client("s3", region_name=REGION, endpoint_url=s3_url,
+                     aws_access_key_id=floors.CREDS.access_key,
+                     aws_secret_access_key=floors.CREDS.secret_key).create_bucket(Bucket="bench")
         snap = self.synthetic()
         tokens = await self.tokens(snap)
         level = 3

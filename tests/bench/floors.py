@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from botocore.auth import SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
@@ -129,7 +129,10 @@ async def movetos3_floor(base: str, region: str, snapshot_id: str,
             body = compressor.compress(b"".join(blocks))
             checksum = to_b64(hashlib.sha256(body).digest())
             url = f"{s3_url}/{bucket}/floor/{chunk[0][0]:012d}.zst"
-            async with session.put(url, data=body,
-                                   headers={"x-amz-checksum-sha256": checksum}) as resp:
+            request = AWSRequest(method="PUT", url=url, headers={
+                "x-amz-checksum-sha256": checksum, "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+            S3SigV4Auth(CREDS, "s3", region).add_auth(request)  # once per 32 MiB object
+            async with session.put(url, data=body, headers=dict(request.headers.items())) as resp:
                 if resp.status != 200:
-                    raise RuntimeError(f"floor: S3 PUT {resp.status}: {await resp.text()}")
+                    raise RuntimeError(f"floor: S3 PUT {url}: {resp.status} "
+                                       f"{await resp.text()}")
