@@ -87,7 +87,9 @@ class SignedHttpBlockApi:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
                                            ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
+            # A deadline per request (one timer), rather than per socket read (a timer
+            # rescheduled for every chunk of every 512 KiB body).
+            timeout=aiohttp.ClientTimeout(total=read_timeout, sock_connect=connect_timeout),
             auto_decompress=False, skip_auto_headers=("User-Agent", "Content-Type"),
         )
 
