@@ -366,11 +366,11 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
             print(f"{r['cap']:>6}{r['achieved']:>12.1f}{r['ratio']:>7.2f}"
                   f"{100 * r['throttled_share']:>10.2f}%   {met}")
         print("\nMemory (peak RSS of a separate fspd process; target <= 256 MiB at any size)")
-        sizes = [(1024, "1 TiB")] + ([(16384, "16 TiB")] if args.big else [])
+        sizes = [(args.memory_gib, f"{args.memory_gib} GiB" if args.memory_gib < 1024
+                  else f"{args.memory_gib // 1024} TiB")]
+        sizes += [(16384, "16 TiB")] if args.big else []
         for size, label in sizes:
             for list_only in (True, False):
-                if list_only and size > 1024 and not args.big:
-                    continue
                 r = bench.memory(size, args.memory_blocks, list_only)
                 what = (f"list all {r['blocks']} blocks" if list_only
                         else f"download, stopped after {r['blocks']} blocks")
@@ -388,12 +388,14 @@ def main() -> int:
     parser.add_argument("--memory-blocks", type=int, default=4000)
     parser.add_argument("--caps", type=int, nargs="+", default=[250, 1000])
     parser.add_argument("--reps", type=int, default=3, help="runs per contender (best kept)")
+    parser.add_argument("--memory-gib", type=int, default=1024,
+                        help="size of the synthetic snapshot of the memory case")
     parser.add_argument("--big", action="store_true", help="also 16 TiB (minutes)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
     args = parser.parse_args()
     if args.quick:
         args.blocks, args.latency_blocks, args.memory_blocks = 128, 60, 200
-        args.caps, args.reps = [100], 1
+        args.caps, args.reps, args.memory_gib = [100], 1, 64
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAFSPDBENCH0000001")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)

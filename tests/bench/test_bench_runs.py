@@ -1,0 +1,20 @@
+"""The benchmark runs end to end and prints every section (timings are not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.timeout(300)
+def test_the_benchmark_runs_and_prints_its_table() -> None:
+    out = subprocess.run([sys.executable, "-m", "tests.bench", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=280, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for section in ("machine:", "CPU per 512 KiB block", "download", "upload", "copy",
+                    "movetos3", "Latency-bound throughput", "Throttling", "Memory"):
+        assert section in out.stdout, f"missing {section!r}:\n{out.stdout}"
