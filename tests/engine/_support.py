@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ from fspd.blocks import BLOCK_SIZE
 from fspd.config import RetrySettings, Settings, TransferSettings
 from fspd.progress import Progress
 from fspd.run import run_job
+from tests.images import make_image as make_image  # re-exported for the suite
+from tests.images import put_snapshot as put_snapshot
 
 B = BLOCK_SIZE
 
@@ -25,32 +26,6 @@ def fast_settings(**transfer: Any) -> Settings:
                             max_throttle_attempts=200, not_found_window_s=5,
                             completion_wait_s=30),
     )
-
-
-def make_image(path: Path, layout: str, seed: int = 0) -> bytes:
-    """Write an image described block by block: 'D' random data, 'Z' written zeros,
-    'H' a hole (sparse), 'T' a final partial block of random data (1000 bytes)."""
-    rnd = random.Random(seed)
-    data = bytearray()
-    with open(path, "wb") as f:
-        for ch in layout:
-            if ch == "D":
-                chunk = rnd.randbytes(B)
-                f.write(chunk)
-            elif ch == "Z":
-                chunk = bytes(B)
-                f.write(chunk)
-            elif ch == "H":
-                chunk = bytes(B)
-                f.seek(B, 1)
-            elif ch == "T":
-                chunk = rnd.randbytes(1000)
-                f.write(chunk)
-            else:
-                raise ValueError(ch)
-            data += chunk
-        f.truncate(len(data))
-    return bytes(data)
 
 
 def volume_size_for(image: bytes) -> int:
@@ -116,32 +91,6 @@ def assert_matches_snapshot(path: Path, emulator: Any, snapshot_id: str,
             want = emulator.image(snapshot_id, region=region, offset=offset,
                                   length=min(chunk, size - offset))
             assert f.read(len(want)) == want, f"differs in [{offset}, {offset + len(want)})"
-
-
-async def put_snapshot(ebs: Any, blocks: dict[int, bytes], *, parent: str | None = None,
-                       volume_size: int = 1, **start: Any) -> str:
-    """Build a snapshot with a plain aiobotocore client (independent of fspd's own code):
-    ``blocks`` maps index → bytes (zero-padded to a block; b"" writes a zero block)."""
-    import base64
-    import hashlib
-
-    params: dict[str, Any] = {"VolumeSize": volume_size, **start}
-    if parent:
-        params["ParentSnapshotId"] = parent
-    snap = (await ebs.start_snapshot(**params))["SnapshotId"]
-    digests = []
-    for index in sorted(blocks):
-        data = blocks[index].ljust(BLOCK_SIZE, b"\0")
-        raw = hashlib.sha256(data).digest()
-        digests.append(raw)
-        await ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=index, BlockData=data,
-                                     DataLength=BLOCK_SIZE, ChecksumAlgorithm="SHA256",
-                                     Checksum=base64.b64encode(raw).decode())
-    aggregate = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
-    await ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=len(blocks),
-                                Checksum=aggregate, ChecksumAlgorithm="SHA256",
-                                ChecksumAggregationMethod="LINEAR")
-    return str(snap)
 
 
 def same_volume(emulator: Any, a: tuple[str, str], b: tuple[str, str], blocks: range) -> None:

@@ -3,11 +3,8 @@ plain boto3 client for looking at (and damaging) what landed in moto's S3."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,8 @@ from fspd import jobs
 from fspd.blocks import BLOCK_SIZE
 from fspd.config import RetrySettings, S3Settings, Settings, TransferSettings
 from fspd.run import run_job
+from tests.images import make_image as make_image  # re-exported for the suite
+from tests.images import put_snapshot as put_snapshot
 
 B = BLOCK_SIZE
 GIB = 1 << 30
@@ -40,33 +39,6 @@ async def run(spec: dict[str, Any], conf: Settings | None = None) -> dict[str, A
 
 def s3_client(moto: str) -> Any:
     return boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
-
-
-def make_image(path: Path, layout: str, seed: int = 0) -> bytes:
-    """An image described block by block: 'D' random data, 'C' compressible data, 'Z' written
-    zeros, 'H' a hole (sparse), 'T' a final partial block of random data (1000 bytes)."""
-    rnd = random.Random(seed)
-    data = bytearray()
-    with open(path, "wb") as f:
-        for ch in layout:
-            if ch == "D":
-                chunk = rnd.randbytes(B)
-            elif ch == "C":
-                chunk = (b"fspd %d " % rnd.randrange(1 << 30)) * (B // 16)
-                chunk = chunk[:B].ljust(B, b".")
-            elif ch in "ZH":
-                chunk = bytes(B)
-            elif ch == "T":
-                chunk = rnd.randbytes(1000)
-            else:
-                raise ValueError(ch)
-            if ch == "H":
-                f.seek(B, 1)
-            else:
-                f.write(chunk)
-            data += chunk
-        f.truncate(len(data))
-    return bytes(data)
 
 
 def assert_volume_file(path: Path, image: bytes, volume_size: int = GIB) -> None:
@@ -149,27 +121,6 @@ def written(emulator: Any, snapshot_id: str) -> int:
     """How many blocks were written to a snapshot (the emulator's own record)."""
     return int(next(s for s in emulator.snapshots() if s["id"] == snapshot_id)["written_count"])
 
-
-async def put_snapshot(ebs: Any, blocks: dict[int, bytes], *, parent: str | None = None,
-                       volume_size: int = 1) -> str:
-    """A snapshot built with a plain aiobotocore client: index → bytes (zero-padded)."""
-    params: dict[str, Any] = {"VolumeSize": volume_size}
-    if parent:
-        params["ParentSnapshotId"] = parent
-    snap = (await ebs.start_snapshot(**params))["SnapshotId"]
-    digests = []
-    for index in sorted(blocks):
-        data = blocks[index].ljust(B, b"\0")
-        raw = hashlib.sha256(data).digest()
-        digests.append(raw)
-        await ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=index, BlockData=data,
-                                     DataLength=B, ChecksumAlgorithm="SHA256",
-                                     Checksum=base64.b64encode(raw).decode())
-    aggregate = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
-    await ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=len(blocks),
-                                Checksum=aggregate, ChecksumAlgorithm="SHA256",
-                                ChecksumAggregationMethod="LINEAR")
-    return str(snap)
 
 
 def assert_archive_is_exactly(moto: str, bucket: str, prefix: str) -> list[str]:
