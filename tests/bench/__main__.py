@@ -188,13 +188,8 @@ class Bench:
         headers = floors.static_auth(f"{self.url}/snapshots/{snap}/blocks/0", REGION)
 
         async def get(session: aiohttp.ClientSession, index: int) -> bytes:
-            url = f"{self.url}/snapshots/{snap}/blocks/{index}?blockToken={tokens[index]}"
-            async with session.get(url, headers=headers) as resp:
-                data = await resp.read()
-                want = floors.from_b64(resp.headers["x-amz-Checksum"])
-            if floors.hashlib.sha256(data).digest() != want:
-                raise RuntimeError("corrupt")
-            return data
+            return await floors.get_verified(session, self.url, snap, headers, index,
+                                             tokens[index])
 
         spec = job(self.ebs(snap), self.new_snapshot(OTHER))
         best = await best_of(self.reps, {

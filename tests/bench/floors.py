@@ -64,6 +64,18 @@ async def _pool(items: list[Any], concurrency: int, work: Any) -> None:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+async def get_verified(session: aiohttp.ClientSession, base: str, snapshot_id: str,
+                       headers: dict[str, str], index: int, token: str) -> bytes:
+    """One raw GetSnapshotBlock, its body checked against its SHA-256."""
+    url = f"{base}/snapshots/{snapshot_id}/blocks/{index}?blockToken={token}"
+    async with session.get(url, headers=headers) as resp:
+        data = await resp.read()
+        want = from_b64(resp.headers["x-amz-Checksum"])
+    if hashlib.sha256(data).digest() != want:
+        raise RuntimeError(f"floor: block {index} corrupt")
+    return data
+
+
 async def download_floor(base: str, region: str, snapshot_id: str,
                          tokens: list[tuple[int, str]], fd: int | None,
                          concurrency: int = 32) -> None:
@@ -71,15 +83,9 @@ async def download_floor(base: str, region: str, snapshot_id: str,
     headers = static_auth(f"{base}/snapshots/{snapshot_id}/blocks/0", region)
     async with _session(concurrency) as session:
         async def one(item: tuple[int, str]) -> None:
-            index, token = item
-            url = f"{base}/snapshots/{snapshot_id}/blocks/{index}?blockToken={token}"
-            async with session.get(url, headers=headers) as resp:
-                data = await resp.read()
-                want = from_b64(resp.headers["x-amz-Checksum"])
-            if hashlib.sha256(data).digest() != want:
-                raise RuntimeError(f"floor: block {index} corrupt")
+            data = await get_verified(session, base, snapshot_id, headers, *item)
             if fd is not None:
-                os.pwrite(fd, data, index * BLOCK_SIZE)
+                os.pwrite(fd, data, item[0] * BLOCK_SIZE)
 
         await _pool(tokens, concurrency, one)
 
@@ -113,19 +119,10 @@ async def movetos3_floor(base: str, region: str, snapshot_id: str,
     headers = static_auth(f"{base}/snapshots/{snapshot_id}/blocks/0", region)
     compressor = zstandard.ZstdCompressor(level=level)
     async with _session(concurrency) as session:
-        async def get(item: tuple[int, str]) -> bytes:
-            index, token = item
-            url = f"{base}/snapshots/{snapshot_id}/blocks/{index}?blockToken={token}"
-            async with session.get(url, headers=headers) as resp:
-                data = await resp.read()
-                want = from_b64(resp.headers["x-amz-Checksum"])
-            if hashlib.sha256(data).digest() != want:
-                raise RuntimeError(f"floor: block {index} corrupt")
-            return data
-
         for start in range(0, len(tokens), window):
             chunk = tokens[start:start + window]
-            blocks = await asyncio.gather(*(get(t) for t in chunk))
+            blocks = await asyncio.gather(*(get_verified(session, base, snapshot_id, headers,
+                                                         *t) for t in chunk))
             body = compressor.compress(b"".join(blocks))
             checksum = to_b64(hashlib.sha256(body).digest())
             url = f"{s3_url}/{bucket}/floor/{chunk[0][0]:012d}.zst"
