@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,32 @@ async def put_snapshot(ebs: Any, blocks: dict[int, bytes], *, parent: str | None
                                 Checksum=aggregate, ChecksumAlgorithm="SHA256",
                                 ChecksumAggregationMethod="LINEAR")
     return str(snap)
+
+
+def volume_size_for(image: bytes) -> int:
+    """The size of the EBS volume that holds ``image``: whole GiB, at least one."""
+    gib = 1 << 30
+    return max(gib, -(-len(image) // gib) * gib)
+
+
+def assert_volume_file(path: Path, image: bytes, volume_size: int | None = None) -> None:
+    """``path`` holds exactly a volume whose content is ``image`` then zeros to its end
+    (``volume_size``, by default the GiB-rounded size). The zero tail is checked without
+    reading holes: only allocated ranges are read."""
+    expected_size = volume_size or volume_size_for(image)
+    assert path.stat().st_size == expected_size
+    with open(path, "rb") as f:
+        assert f.read(len(image)) == image
+        fd = f.fileno()
+        offset = len(image)
+        while offset < expected_size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), expected_size)
+            while start < end:
+                n = min(end - start, 64 * BLOCK_SIZE)
+                assert os.pread(fd, n, start) == bytes(n), f"stale bytes at offset {start}"
+                start += n
+            offset = end

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,10 @@ from fspd.blocks import BLOCK_SIZE
 from fspd.config import RetrySettings, Settings, TransferSettings
 from fspd.progress import Progress
 from fspd.run import run_job
+from tests.images import assert_volume_file as assert_volume_file
 from tests.images import make_image as make_image  # re-exported for the suite
 from tests.images import put_snapshot as put_snapshot
+from tests.images import volume_size_for as volume_size_for
 
 B = BLOCK_SIZE
 
@@ -26,12 +27,6 @@ def fast_settings(**transfer: Any) -> Settings:
                             max_throttle_attempts=200, not_found_window_s=5,
                             completion_wait_s=30),
     )
-
-
-def volume_size_for(image: bytes) -> int:
-    """The size of the EBS volume that holds ``image``: whole GiB, at least one."""
-    gib = 1 << 30
-    return max(gib, -(-len(image) // gib) * gib)
 
 
 async def run(spec: dict[str, Any], settings: Settings | None = None,
@@ -52,33 +47,6 @@ async def download(emulator_url: str, snapshot_id: str, path: Path,
     return await run({"source": {"type": "ebs", "snapshot_id": snapshot_id, "region": region,
                                  "endpoint_url": emulator_url},
                       "destinations": [{"type": "file", "path": str(path)}]}, **kw)
-
-
-def read_file(path: Path) -> bytes:
-    return path.read_bytes()
-
-
-def assert_volume_file(path: Path, image: bytes) -> None:
-    """``path`` holds exactly a volume whose content is ``image`` then zeros to the GiB end.
-
-    The zero tail is checked without reading holes: only allocated ranges are read."""
-    expected_size = volume_size_for(image)
-    assert path.stat().st_size == expected_size
-    with open(path, "rb") as f:
-        assert f.read(len(image)) == image
-        fd = f.fileno()
-        offset = len(image)
-        while offset < expected_size:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:
-                break
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), expected_size)
-            while start < end:
-                n = min(end - start, 64 * BLOCK_SIZE)
-                assert os.pread(fd, n, start) == bytes(n), f"stale bytes at offset {start}"
-                start += n
-            offset = end
 
 
 def assert_matches_snapshot(path: Path, emulator: Any, snapshot_id: str,

@@ -14,6 +14,7 @@ from fspd import jobs
 from fspd.blocks import BLOCK_SIZE
 from fspd.config import RetrySettings, S3Settings, Settings, TransferSettings
 from fspd.run import run_job
+from tests.images import assert_volume_file as assert_volume_file
 from tests.images import make_image as make_image  # re-exported for the suite
 from tests.images import put_snapshot as put_snapshot
 
@@ -39,24 +40,6 @@ async def run(spec: dict[str, Any], conf: Settings | None = None) -> dict[str, A
 
 def s3_client(moto: str) -> Any:
     return boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
-
-
-def assert_volume_file(path: Path, image: bytes, volume_size: int = GIB) -> None:
-    """``path`` is a whole volume: ``image``, then zeros to ``volume_size`` (holes unread)."""
-    assert path.stat().st_size == volume_size
-    with open(path, "rb") as f:
-        assert f.read(len(image)) == image
-        fd = f.fileno()
-        offset = len(image)
-        while offset < volume_size:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:
-                break
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), volume_size)
-            assert os.pread(fd, end - start, start) == bytes(end - start), \
-                f"stale bytes at offset {start}"
-            offset = end
 
 
 async def listed(ebs: Any, snapshot_id: str) -> list[int]:
