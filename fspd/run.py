@@ -167,7 +167,7 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
             limits = (control.limits if control and control.limits
                       else SharedLimits.from_settings(settings.transfer))
             ctx = JobContext(job_id, settings, clients, progress, executor, state_dir,
-                             checkpoint=checkpoint, limits=limits)
+                             checkpoint=checkpoint, shared_limits=limits)
             try:
                 result = await _with_deadline(_execute(ctx, spec, control), settings)
             finally:

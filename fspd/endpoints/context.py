@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,9 +30,12 @@ class JobContext:
     executor: ThreadPoolExecutor
     state_dir: Path
     checkpoint: Checkpoint | None = None
-    limits: SharedLimits = field(default_factory=lambda: SharedLimits(
-        per_snapshot_rps=970, per_account_rps=1000, max_buffered_blocks=512))
+    shared_limits: InitVar[SharedLimits | None] = None  # another job's, to share them
+    limits: SharedLimits = field(init=False)
     _block_apis: dict[AwsTarget, BlockApi] = field(default_factory=dict)
+
+    def __post_init__(self, shared_limits: SharedLimits | None) -> None:
+        self.limits = shared_limits or SharedLimits.from_settings(self.settings.transfer)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (hashing, compression, file I/O) on the job's thread pool."""
