@@ -15,7 +15,7 @@ from typing import Any
 from fspd import config, jobs, loop
 from fspd.archive.store import parse_s3_url
 from fspd.archive.verify import run_verify
-from fspd.commands.transfer import execute, global_options
+from fspd.commands.transfer import execute, global_options, parse_tags
 from fspd.errors import BadInput, TransferFailed
 from fspd.run import target_for
 
@@ -98,16 +98,6 @@ def _aws(args: argparse.Namespace) -> dict[str, Any]:
             if getattr(args, k, None)}
 
 
-def _tags(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise BadInput(f"{item!r} is not KEY=VALUE", field="--tag")
-        key, value = item.split("=", 1)
-        out[key] = value
-    return out
-
-
 def _cmd_movetos3(args: argparse.Namespace) -> int:
     if SNAPSHOT_RE.match(args.source):
         source: dict[str, Any] = {"type": "ebs", "snapshot_id": args.source, **_aws(args)}
@@ -123,7 +113,7 @@ def _cmd_movetos3(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             dest[key] = getattr(args, key)
     if args.tag:
-        dest["tags"] = _tags(args.tag)
+        dest["tags"] = parse_tags(args.tag)
     job: dict[str, Any] = {"source": source, "destinations": [dest]}
     if args.dry_run:
         job["dry_run"] = True

@@ -133,6 +133,17 @@ def _destination_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--destination-external-id")
 
 
+def parse_tags(items: list[str]) -> dict[str, str]:
+    """``--tag KEY=VALUE`` arguments as a dict."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise BadInput(f"{item!r} is not KEY=VALUE", field="--tag")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
 def _expand_list(values: list[str], field: str) -> list[str]:
     """Arguments, where @FILE stands for the file's non-empty lines (FSP's list files)."""
     out: list[str] = []
@@ -165,13 +176,7 @@ def _verb(verb: str, keys: list[str]) -> Any:
             data[key] = value
         tags = getattr(args, "tag", [])
         if tags:
-            pairs = {}
-            for item in tags:
-                if "=" not in item:
-                    raise BadInput(f"{item!r} is not KEY=VALUE", field="--tag")
-                k, v = item.split("=", 1)
-                pairs[k] = v
-            data["tags"] = pairs
+            data["tags"] = parse_tags(tags)
         for key in ("region", "profile", "endpoint_url"):
             if getattr(args, key, None):
                 data[key] = getattr(args, key)
