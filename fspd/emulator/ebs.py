@@ -110,7 +110,7 @@ async def start_snapshot(state: State, ctx: Ctx, request: web.Request) -> web.Re
     if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 255
                               or any(c.isspace() for c in token)):
         raise errors.validation("ClientToken is not valid.")
-    if parent_id is not None and encrypted:
+    if parent_id is not None and "Encrypted" in body:
         raise errors.validation(
             "Encrypted cannot be specified with ParentSnapshotId: a child snapshot takes its "
             "parent's encryption.")
