@@ -337,12 +337,13 @@ def from_verb(data: dict[str, Any]) -> dict[str, Any]:
         out["destinations"] = [{"type": "ebs", **aws, **snapshot_options()}]
     elif verb in ("copy", "sync"):
         out["source"] = {"type": "ebs", "snapshot_id": need("snapshot_id"), **aws}
+        # sync's C (the copy of A) is read before the snapshot options, which would take it.
+        parent = {}
         if verb == "sync":
             out["source"]["base_snapshot_id"] = need("base_snapshot_id")
+            parent["parent_snapshot_id"] = need("parent_snapshot_id")
         out["destinations"] = [{"type": "ebs", **dest_endpoint(need("destination_region")),
-                                **snapshot_options()}]
-        if verb == "sync":
-            out["destinations"][0]["parent_snapshot_id"] = need("parent_snapshot_id")
+                                **snapshot_options(), **parent}]
     elif verb == "fanout":
         out["source"] = {"type": "file", "path": need("path")}
         regions = need("destination_regions")
