@@ -196,6 +196,7 @@ class JobSpec(_Strict):
                                       "destination", {"loc": "destinations"})
         delta = isinstance(src, EbsSourceSpec) and src.base_snapshot_id
         for i, d in ebs_dests:
+            _check_encryption(i, d)
             if delta and not d.parent_snapshot_id:
                 raise PydanticCustomError(
                     "shape", "required when the source is a delta (sync): the copy of the "
@@ -254,6 +255,21 @@ class JobSpec(_Strict):
         if kinds == {"file"}:
             return "download" if len(self.destinations) == 1 else "multiclone"
         return "copy"
+
+
+def _check_encryption(i: int, d: EbsDestinationSpec) -> None:
+    """A KMS key implies encryption, so ``encrypted = false`` beside one is a contradiction;
+    a child snapshot takes its parent's encryption (EBS refuses both fields with a parent)."""
+    where = f"destinations[{i}]"
+    if d.kms_key_arn and d.encrypted is False:
+        raise PydanticCustomError(
+            "shape", "encrypted = false contradicts kms_key_arn: a KMS key encrypts the "
+            "snapshot (leave encrypted out, or set it true)", {"loc": f"{where}.encrypted"})
+    if d.parent_snapshot_id and (d.kms_key_arn or d.encrypted is not None):
+        field = "kms_key_arn" if d.kms_key_arn else "encrypted"
+        raise PydanticCustomError(
+            "shape", f"{field} cannot be given with parent_snapshot_id: a child snapshot "
+            "takes its parent's encryption", {"loc": f"{where}.{field}"})
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -118,8 +118,10 @@ def _snapshot_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("new snapshot")
     g.add_argument("--description")
     g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--encrypted", action="store_true", default=None)
-    g.add_argument("--kms-key-arn")
+    g.add_argument("--encrypted", action=argparse.BooleanOptionalAction, default=None,
+                   help="encrypt the new snapshot (default: as the source; a parent's "
+                   "encryption is always inherited)")
+    g.add_argument("--kms-key-arn", help="KMS key to encrypt with (implies --encrypted)")
     g.add_argument("--timeout-minutes", type=int)
     g.add_argument("--client-token", help="idempotency token: a retry lands on one snapshot")
 
@@ -160,8 +162,22 @@ def _expand_list(values: list[str], field: str) -> list[str]:
     return out
 
 
+def _check_encryption_flags(verb: str, args: argparse.Namespace) -> None:
+    """Contradictory encryption flags are named as the user typed them, before any request."""
+    kms, encrypted = getattr(args, "kms_key_arn", None), getattr(args, "encrypted", None)
+    flag = "--kms-key-arn" if kms else ("--encrypted" if encrypted else "--no-encrypted")
+    if kms and encrypted is False:
+        raise BadInput("a KMS key encrypts the snapshot: give --kms-key-arn or "
+                       "--no-encrypted, not both", field="--kms-key-arn/--no-encrypted")
+    parent = "C" if verb == "sync" else "--parent"
+    if getattr(args, "parent_snapshot_id", None) and (kms or encrypted is not None):
+        raise BadInput(f"a child snapshot takes the encryption of its parent ({parent}): "
+                       f"leave out {flag}", field=f"{flag}/{parent}")
+
+
 def _verb(verb: str, keys: list[str]) -> Any:
     def handler(args: argparse.Namespace) -> int:
+        _check_encryption_flags(verb, args)
         data: dict[str, Any] = {"verb": verb}
         for key in keys:
             value = getattr(args, key, None)

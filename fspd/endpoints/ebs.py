@@ -272,7 +272,9 @@ class EbsSnapshotSink:
 
     async def open(self, info: VolumeInfo) -> None:
         size_gib = self.volume_size_gib or gib_for_bytes(info.volume_size)
-        encrypted = info.encrypted if self.encrypted is None else self.encrypted
+        # A KMS key means an encrypted snapshot; without either, the source's encryption.
+        encrypted = self.encrypted if self.encrypted is not None else (
+            bool(self.kms_key_arn) or info.encrypted)
         tags = {k: v for k, v in info.tags.items()
                 if not k.startswith(("aws:", SOURCE_SNAPSHOT_TAG, SOURCE_REGION_TAG))} \
             if self.copy_tags else {}
@@ -295,8 +297,8 @@ class EbsSnapshotSink:
             encrypted = bool(parent.get("Encrypted"))
         elif encrypted:
             params["Encrypted"] = True
-        if self.kms_key_arn and encrypted:
-            params["KmsKeyArn"] = self.kms_key_arn
+            if self.kms_key_arn:
+                params["KmsKeyArn"] = self.kms_key_arn
         state = self.ctx.resume_state(self.name)
         if state and state.get("type") == "ebs" and state.get("client_token"):
             self.client_token = params["ClientToken"] = str(state["client_token"])

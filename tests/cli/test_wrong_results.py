@@ -11,7 +11,7 @@ from typing import Any
 
 from fspd.blocks import BLOCK_SIZE
 from fspd.emulator.control import EmulatorControl
-from tests.images import put_snapshot
+from tests.images import make_image, put_snapshot
 
 from .conftest import Runner
 
@@ -86,3 +86,67 @@ async def test_sync_from_a_job_file_with_the_verb_shorthand(
     assert _image_digest(emulator, d, WEST, LINEAGE_SPAN) == _image_digest(
         emulator, b, EAST, LINEAGE_SPAN)
     assert _puts(emulator, d) == 3
+
+
+# --- item 1: a KMS key means an encrypted snapshot --------------------------------------------
+
+def _start_snapshot_calls(emulator: EmulatorControl) -> int:
+    return emulator.stats()["requests"].get("StartSnapshot", 0)
+
+
+def test_copy_with_a_kms_key_makes_a_snapshot_encrypted_with_that_key(
+        fspd: Runner, emulator: EmulatorControl) -> None:
+    snap = emulator.synthetic(region=EAST, volume_size=1, allocation="sparse", density=0.01,
+                              seed=11)
+    copy = _json(fspd(f"fspd copy {snap} -d {WEST} --kms-key-arn {KMS} --json"))
+    record = _record(emulator, copy["destinations"][0]["snapshot_id"], WEST)
+    assert record["encrypted"] is True and record["kms_key_arn"] == KMS
+    assert record["sse_type"] == "sse-kms"
+
+
+def test_upload_with_a_kms_key_makes_a_snapshot_encrypted_with_that_key(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
+    key = KMS.replace(WEST, EAST)
+    make_image(tmp_path / "disk.img", "DZD", seed=12)
+    up = _json(fspd(f"fspd upload disk.img --kms-key-arn {key} --json"))
+    record = _record(emulator, up["destinations"][0]["snapshot_id"], EAST)
+    assert record["encrypted"] is True and record["kms_key_arn"] == key
+
+
+def test_no_encrypted_with_a_kms_key_is_bad_input_naming_both_flags(
+        fspd: Runner, emulator: EmulatorControl) -> None:
+    snap = emulator.synthetic(region=EAST, volume_size=1, allocation="sparse", density=0.01)
+    emulator.reset_stats()
+    result = fspd(f"fspd copy {snap} -d {WEST} --kms-key-arn {KMS} --no-encrypted")
+    assert result.returncode == 2
+    assert "--kms-key-arn" in result.stderr and "--no-encrypted" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert emulator.stats()["requests"] == {}
+
+
+def test_job_file_with_encrypted_false_and_a_kms_key_is_bad_input_naming_both_fields(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
+    make_image(tmp_path / "disk.img", "D", seed=13)
+    (tmp_path / "job.toml").write_text(
+        f'[source]\ntype = "file"\npath = "{tmp_path / "disk.img"}"\n'
+        f'[[destinations]]\ntype = "ebs"\nencrypted = false\nkms_key_arn = "{KMS}"\n')
+    emulator.reset_stats()
+    result = fspd("fspd run job.toml")
+    assert result.returncode == 2
+    assert "destinations[0].encrypted" in result.stderr and "kms_key_arn" in result.stderr
+    assert emulator.stats()["requests"] == {}
+
+
+def test_upload_with_a_parent_and_a_kms_key_is_bad_input_before_any_request(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
+    """A child snapshot takes its parent's encryption; EBS refuses encryption fields with a
+    parent, so fspd says so instead of starting anything."""
+    parent = emulator.synthetic(region=EAST, volume_size=1, allocation="sparse", density=0.01)
+    make_image(tmp_path / "disk.img", "D", seed=14)
+    key = KMS.replace(WEST, EAST)
+    emulator.reset_stats()
+    for flags in (f"--kms-key-arn {key}", "--encrypted", "--no-encrypted"):
+        result = fspd(f"fspd upload disk.img --parent {parent} {flags}")
+        assert result.returncode == 2, result.stderr
+        assert "--parent" in result.stderr and flags.split()[0] in result.stderr
+    assert _start_snapshot_calls(emulator) == 0
