@@ -42,6 +42,9 @@ class VolumeInfo:
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     origin: str = ""  # "snap-… in us-east-1", "/path/to/file"
+    # The source's entries cover blocks [0, covered_blocks) (None: the whole volume); past
+    # that it reads zeros without saying so (a file ends before its GiB-rounded volume).
+    covered_blocks: int | None = None
 
     @property
     def block_count(self) -> int:

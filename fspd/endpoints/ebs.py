@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fspd.aws import AwsTarget, call
@@ -238,6 +239,39 @@ class EbsDeltaSource(EbsSnapshotSource):
                              f"{self.snapshot_id}")
 
 
+@dataclass(frozen=True)
+class PutRules:
+    """Which blocks a new snapshot is sent: the sink follows these, and a dry run counts with
+    them, so its plan is what the run will do."""
+
+    block_count: int  # blocks of the new snapshot's volume
+    skip_zero: bool  # zero blocks need not be written (unencrypted, no parent)
+    fill_gaps: bool  # every gap is written as zeros (an unencrypted source, encrypted result)
+    # With a parent, its blocks under a gap, or past the end of what the source covers, are
+    # written as zeros so that none of the parent's data shows through.
+    parent_blocks: int
+    covered: int
+
+    def block_puts(self, zero: bool) -> int:
+        return 0 if zero and self.skip_zero else 1
+
+
+async def listed_blocks(ctx: JobContext, target: AwsTarget, snapshot_id: str, start: int,
+                        stop: int) -> AsyncIterator[int]:
+    """The indexes ListSnapshotBlocks gives for ``snapshot_id`` in ``[start, stop)``."""
+    if start >= stop:
+        return
+    reader = EbsSnapshotSource(ctx, target, snapshot_id)
+    reader._ebs = await ctx.clients.client("ebs", target)
+    async for page in reader._pages("ListSnapshotBlocks", start=start, SnapshotId=snapshot_id):
+        for b in page.get("Blocks", []):
+            index = int(b["BlockIndex"])
+            if index >= stop:
+                return
+            if index >= start:
+                yield index
+
+
 class EbsSnapshotSink:
     """Writes a new snapshot: StartSnapshot, PutSnapshotBlock per block, CompleteSnapshot with
     ChangedBlocksCount and the LINEAR checksum, then waits until it is completed."""
@@ -265,16 +299,46 @@ class EbsSnapshotSink:
         self.snapshot_id: str | None = None
         self.already_complete = False
         self._skip_zero = False
-        self._fill_gaps = False
+        self._rules_in_force = PutRules(0, False, False, 0, 0)
         self._digests: DigestFile | None = None
         self._handled = Bitmap(0)
         self._grace_until = 0.0
 
+    async def _parent(self) -> dict[str, Any] | None:
+        if not self.parent_snapshot_id:
+            return None
+        return await describe_snapshot(self.ctx, self.target, self.parent_snapshot_id,
+                                       f"{self.name}.parent_snapshot_id")
+
+    def _rules(self, info: VolumeInfo, parent: dict[str, Any] | None) -> tuple[PutRules, bool]:
+        """(the put rules, whether the new snapshot is encrypted)."""
+        parent_gib = int(parent["VolumeSize"]) if parent else 0
+        # A child is at least as large as its parent (EBS requires it).
+        size_gib = self.volume_size_gib or max(gib_for_bytes(info.volume_size), parent_gib)
+        block_count = size_gib * GIB // BLOCK_SIZE
+        if parent is not None:  # a child takes its parent's encryption
+            encrypted = bool(parent.get("Encrypted"))
+        elif self.encrypted is not None:
+            encrypted = self.encrypted
+        else:  # a KMS key means an encrypted snapshot; without either, the source's
+            encrypted = bool(self.kms_key_arn) or info.encrypted
+        covered = info.block_count if info.covered_blocks is None else info.covered_blocks
+        return PutRules(
+            block_count=block_count,
+            # Unwritten blocks read as zeros only in an unencrypted snapshot without a parent.
+            skip_zero=self.skip_zero_blocks and not encrypted and parent is None,
+            fill_gaps=encrypted and not info.encrypted,
+            parent_blocks=min(parent_gib * GIB // BLOCK_SIZE, block_count),
+            covered=min(covered, block_count)), encrypted
+
+    async def plan(self, info: VolumeInfo) -> PutRules:
+        """The rules a run would follow, found without starting a snapshot (for --dry-run)."""
+        return self._rules(info, await self._parent())[0]
+
     async def open(self, info: VolumeInfo) -> None:
-        size_gib = self.volume_size_gib or gib_for_bytes(info.volume_size)
-        # A KMS key means an encrypted snapshot; without either, the source's encryption.
-        encrypted = self.encrypted if self.encrypted is not None else (
-            bool(self.kms_key_arn) or info.encrypted)
+        parent = await self._parent()
+        rules, encrypted = self._rules(info, parent)
+        size_gib = rules.block_count * BLOCK_SIZE // GIB
         tags = {k: v for k, v in info.tags.items()
                 if not k.startswith(("aws:", SOURCE_SNAPSHOT_TAG, SOURCE_REGION_TAG))} \
             if self.copy_tags else {}
@@ -292,9 +356,6 @@ class EbsSnapshotSink:
         if self.parent_snapshot_id:
             # A child inherits its parent's encryption; EBS rejects Encrypted with a parent.
             params["ParentSnapshotId"] = self.parent_snapshot_id
-            parent = await describe_snapshot(self.ctx, self.target, self.parent_snapshot_id,
-                                             f"{self.name}.parent_snapshot_id")
-            encrypted = bool(parent.get("Encrypted"))
         elif encrypted:
             params["Encrypted"] = True
             if self.kms_key_arn:
@@ -319,10 +380,9 @@ class EbsSnapshotSink:
         self.ctx.progress.snapshot_ids[self.name] = self.snapshot_id
         log.info("snapshot_started", destination=self.name, snapshot_id=self.snapshot_id,
                  region=self.target.region, volume_size_gib=size_gib, encrypted=encrypted)
-        # Unwritten blocks read as zeros only in an unencrypted snapshot without a parent.
-        self._skip_zero = self.skip_zero_blocks and not encrypted and not self.parent_snapshot_id
-        self._fill_gaps = encrypted and not info.encrypted
-        self._block_count = size_gib * GIB // BLOCK_SIZE
+        self._rules_in_force = rules
+        self._skip_zero = rules.skip_zero
+        self._block_count = rules.block_count
         self._api = await self.ctx.block_api(self.target)
         self._retrier = self.ctx.retrier(self.ctx.rate("put", self.target, self.snapshot_id))
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
@@ -372,9 +432,55 @@ class EbsSnapshotSink:
         return True
 
     async def gap(self, gap: Gap) -> None:
-        if self._fill_gaps:  # an unencrypted source read into an encrypted snapshot
-            for index in range(gap.start, gap.stop):
+        # An unencrypted source read into an encrypted snapshot, or a gap over the parent's
+        # blocks: zeros must be written, or random bytes / the parent's data would show.
+        await self._write_zeros(self.zero_indexes(self._rules_in_force, gap.start, gap.stop))
+
+    async def zero_indexes(self, rules: PutRules, start: int, stop: int
+                           ) -> AsyncIterator[int]:
+        """The blocks of a gap ``[start, stop)`` that must be written as zeros."""
+        if rules.fill_gaps:
+            for index in range(start, min(stop, rules.block_count)):
+                yield index
+        elif rules.parent_blocks and self.parent_snapshot_id:
+            async for index in listed_blocks(self.ctx, self.target, self.parent_snapshot_id,
+                                             start, min(stop, rules.parent_blocks)):
+                yield index
+
+    def tail(self, rules: PutRules) -> tuple[int, int] | None:
+        """Past the end of what the source covers, the parent's blocks: a gap to zero."""
+        if rules.parent_blocks > rules.covered:
+            return rules.covered, rules.parent_blocks
+        return None
+
+    async def _write_zeros(self, indexes: AsyncIterator[int]) -> None:
+        """Write zero blocks at ``indexes``, ``concurrency`` at a time, in bounded batches."""
+        batch: list[int] = []
+        async for index in indexes:
+            if self.already_complete:
+                return
+            if index not in self._handled:
+                batch.append(index)
+            if len(batch) >= 1024:
+                await self._write_zero_batch(batch)
+                batch = []
+        await self._write_zero_batch(batch)
+
+    async def _write_zero_batch(self, batch: list[int]) -> None:
+        todo = iter(batch)
+
+        async def worker() -> None:
+            for index in todo:  # the workers share one iterator: each index is written once
                 await self.write(Block.zeros(index))
+
+        tasks = [asyncio.ensure_future(worker())
+                 for _ in range(min(self.concurrency, len(batch)))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def commit(self) -> dict[str, Any]:
         assert self._digests is not None and self.snapshot_id is not None
@@ -383,6 +489,10 @@ class EbsSnapshotSink:
             return {"destination": self.name, "type": "ebs", "region": self.target.region,
                     "snapshot_id": self.snapshot_id, "state": "completed",
                     "note": "completed by an earlier run with the same ClientToken"}
+        # Past the end of a source shorter than the parent, the parent's blocks become zeros.
+        tail = self.tail(self._rules_in_force)
+        if tail:
+            await self._write_zeros(self.zero_indexes(self._rules_in_force, *tail))
         count = self._digests.written.count
         checksum = self._digests.aggregate()
         ebs = await self.ctx.clients.client("ebs", self.target)

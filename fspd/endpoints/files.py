@@ -117,7 +117,7 @@ class FileSource:
         if self.size == 0:
             raise BadInput(f"{self.raw_path} is empty", field=self.field)
         return VolumeInfo(volume_size=gib_for_bytes(self.size) * GIB, byte_length=self.size,
-                          origin=str(self.path))
+                          origin=str(self.path), covered_blocks=blocks_for_bytes(self.size))
 
     async def entries(self) -> AsyncIterator[BlockRef | Gap]:
         count = blocks_for_bytes(self.size)

@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fspd.blocks import BLOCK_SIZE
 from fspd.emulator.control import EmulatorControl
-from tests.images import make_image, put_snapshot
+from tests.images import assert_volume_file, make_image, put_snapshot
 
 from .conftest import Runner
 
@@ -150,3 +152,22 @@ def test_upload_with_a_parent_and_a_kms_key_is_bad_input_before_any_request(
         assert result.returncode == 2, result.stderr
         assert "--parent" in result.stderr and flags.split()[0] in result.stderr
     assert _start_snapshot_calls(emulator) == 0
+
+
+# --- item 3: upload onto a larger parent --------------------------------------------------------
+
+@pytest.mark.parametrize("parent_gib", [1, 2])
+def test_upload_of_a_small_file_onto_a_larger_parent_reads_zeros_past_the_file(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path, parent_gib: int) -> None:
+    """The parent (data scattered all over its 1 or 2 GiB) is bigger than the file (3 blocks,
+    1 GiB once rounded): none of its blocks past the file's end may show through in the
+    child, which is as large as its parent."""
+    parent = emulator.synthetic(region=EAST, volume_size=parent_gib, allocation="sparse",
+                                density=0.05, seed=21)
+    image = make_image(tmp_path / "small.img", "DZT", seed=22)
+    up = _json(fspd(f"fspd upload small.img --parent {parent} --json"))
+    child = up["destinations"][0]["snapshot_id"]
+    record = _record(emulator, child, EAST)
+    assert record["parent"] == parent and record["volume_size"] == parent_gib
+    assert fspd(f"fspd download {child} out.img").returncode == 0
+    assert_volume_file(tmp_path / "out.img", image, volume_size=parent_gib * GIB)
