@@ -28,6 +28,7 @@ from fspd.endpoints.ebs import (
     EbsDeltaSource,
     EbsSnapshotSink,
     EbsSnapshotSource,
+    PutRules,
 )
 from fspd.endpoints.files import FileSink, FileSource
 from fspd.endpoints.s3 import archive_sink, archive_source
@@ -86,13 +87,7 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
                    SOURCE_REGION_TAG: target_for(spec.source).region}
     for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
         if isinstance(dest, EbsDestinationSpec):
-            token = dest.client_token or default_client_token(ctx.job_id, name)
-            sinks.append(EbsSnapshotSink(
-                ctx, target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
-                volume_size_gib=dest.volume_size_gib, description=dest.description,
-                tags=lineage | dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
-                kms_key_arn=dest.kms_key_arn, timeout_minutes=dest.timeout_minutes,
-                client_token=token, skip_zero_blocks=dest.skip_zero_blocks))
+            sinks.append(_ebs_sink(ctx, dest, name, lineage))
         elif isinstance(dest, S3DestinationSpec):
             region = (target_for(spec.source).region
                       if isinstance(spec.source, EbsSourceSpec) else None)
@@ -102,6 +97,17 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
     return sinks
 
 
+def _ebs_sink(ctx: JobContext, dest: EbsDestinationSpec, name: str,
+              lineage: dict[str, str]) -> EbsSnapshotSink:
+    token = dest.client_token or default_client_token(ctx.job_id, name)
+    return EbsSnapshotSink(
+        ctx, target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
+        volume_size_gib=dest.volume_size_gib, description=dest.description,
+        tags=lineage | dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
+        kms_key_arn=dest.kms_key_arn, timeout_minutes=dest.timeout_minutes,
+        client_token=token, skip_zero_blocks=dest.skip_zero_blocks)
+
+
 def default_client_token(job_id: str, destination: str) -> str:
     """Stable for one job and destination (a rerun lands on the same snapshot), distinct for
     any other pair however long the names: a hash, not a truncation."""
@@ -109,25 +115,59 @@ def default_client_token(job_id: str, destination: str) -> str:
     return f"fspd-{digest}"
 
 
-async def _count(source: Source, progress: Progress) -> dict[str, int]:
+async def _count(source: Source, progress: Progress,
+                 puts_by: list[tuple[EbsSnapshotSink, PutRules]] | None = None
+                 ) -> dict[str, Any]:
+    """Walk the listing: blocks, zero blocks, unlisted blocks; with ``puts_by`` (a dry run),
+    also the PutSnapshotBlock requests each new snapshot would be sent, by its own rules."""
+    puts_by = puts_by or []
+    puts = [0] * len(puts_by)
+    # A file's zero blocks are skipped only once read: read them here too (locally), where
+    # a destination would skip them.
+    probe = getattr(source, "probe_zero", None) if any(
+        rules.skip_zero for _, rules in puts_by) else None
     blocks = zero = gaps = 0
     async for entry in source.entries():
         if isinstance(entry, Gap):
             gaps += entry.stop - entry.start
+            for i, (sink, rules) in enumerate(puts_by):
+                async for _ in sink.zero_indexes(rules, entry.start, entry.stop):
+                    puts[i] += 1
             continue
         blocks += 1
         progress.blocks_listed = blocks
-        if entry.kind is Kind.ZERO:
-            zero += 1
+        is_zero = entry.kind is Kind.ZERO or bool(probe and await probe(entry))
+        zero += is_zero
+        for i, (_, rules) in enumerate(puts_by):
+            puts[i] += rules.block_puts(is_zero)
+    for i, (sink, rules) in enumerate(puts_by):
+        tail = sink.tail(rules)
+        if tail:
+            async for _ in sink.zero_indexes(rules, *tail):
+                puts[i] += 1
     progress.blocks_total = blocks
-    return {"blocks": blocks, "zero_blocks": zero, "unlisted_blocks": gaps}
+    out: dict[str, Any] = {"blocks": blocks, "zero_blocks": zero, "unlisted_blocks": gaps}
+    if puts_by:
+        out["puts"] = {sink.name: n for (sink, _), n in zip(puts_by, puts, strict=True)}
+    return out
+
+
+async def _put_rules(ctx: JobContext, spec: JobSpec, info: VolumeInfo
+                     ) -> list[tuple[EbsSnapshotSink, PutRules]]:
+    """Each new snapshot's put rules, as its sink would decide them (no snapshot started)."""
+    out = []
+    for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
+        if isinstance(dest, EbsDestinationSpec):
+            sink = _ebs_sink(ctx, dest, name, {})
+            out.append((sink, await sink.plan(info)))
+    return out
 
 
 def _plan(spec: JobSpec, counts: dict[str, int], info: VolumeInfo) -> dict[str, Any]:
     blocks = counts["blocks"]
     data_blocks = blocks - counts["zero_blocks"]
     reads = data_blocks if isinstance(spec.source, EbsSourceSpec) else 0
-    puts = sum(blocks for d in spec.destinations if isinstance(d, EbsDestinationSpec))
+    puts = sum(counts.get("puts", {}).values())
     list_requests = max(1, -(-blocks // 10_000)) if isinstance(spec.source, EbsSourceSpec) else 0
     cost = (list_requests * PRICE_LIST + reads * PRICE_GET + puts * PRICE_PUT) / 1000
     streams = max(1, len(spec.destinations))
@@ -137,6 +177,7 @@ def _plan(spec: JobSpec, counts: dict[str, int], info: VolumeInfo) -> dict[str, 
         "zero_blocks": counts["zero_blocks"], "get_requests": reads, "put_requests": puts,
         "list_requests": list_requests, "estimated_cost_usd": round(cost, 6),
         "estimated_seconds_at_cap": round(seconds, 1), "volume_size": info.volume_size,
+        "put_requests_by_destination": counts.get("puts", {}),
     }
 
 
@@ -246,8 +287,9 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
         base = {"source": info.origin, "volume_size": info.volume_size,
                 "byte_length": info.byte_length, "encrypted": info.encrypted}
         if spec.dry_run or not spec.destinations:
-            counts = await _count(source, ctx.progress)
-            base.update(counts)
+            puts_by = await _put_rules(ctx, spec, info) if spec.dry_run else None
+            counts = await _count(source, ctx.progress, puts_by)
+            base.update({k: v for k, v in counts.items() if k != "puts"})
             base["bytes"] = counts["blocks"] * BLOCK_SIZE
             if spec.dry_run:
                 base["plan"] = _plan(spec, counts, info)

@@ -152,6 +152,18 @@ class FileSource:
             return Block.zeros(index)
         return Block(index, data, digest(data), False)
 
+    async def probe_zero(self, ref: BlockRef) -> bool:
+        """Whether a listed block reads as zeros, as ``fetch`` would find (for a dry run's
+        plan: a local read, no digest)."""
+        if ref.kind is Kind.ZERO:
+            return True
+        try:
+            return await self.ctx.offload(lambda: is_zero(pad_block(
+                os.pread(self._fd, BLOCK_SIZE, ref.index * BLOCK_SIZE))))
+        except OSError as exc:
+            raise TransferFailed(f"reading {self.raw_path} at block {ref.index}: "
+                                 f"{exc.strerror}") from None
+
     async def fetch(self, ref: BlockRef) -> Block:
         self.reads += 1
         try:

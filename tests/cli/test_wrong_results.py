@@ -171,3 +171,38 @@ def test_upload_of_a_small_file_onto_a_larger_parent_reads_zeros_past_the_file(
     assert record["parent"] == parent and record["volume_size"] == parent_gib
     assert fspd(f"fspd download {child} out.img").returncode == 0
     assert_volume_file(tmp_path / "out.img", image, volume_size=parent_gib * GIB)
+
+
+# --- item 4: --dry-run plans what the run sends ---------------------------------------------
+
+# Data, written zeros, holes, compressible data and a partial last block.
+SPARSE_LAYOUT = "DZHHDCZZHDHHZDZT"
+
+
+def _planned_and_sent(fspd: Runner, emulator: EmulatorControl, command: str
+                      ) -> tuple[dict[str, Any], int]:
+    """(the dry run's plan, the PutSnapshotBlock requests the real run then sent)."""
+    emulator.reset_stats()
+    plan = _json(fspd(f"{command} --dry-run --json"))["plan"]
+    assert emulator.stats()["requests"].get("PutSnapshotBlock", 0) == 0
+    _json(fspd(f"{command} --json"))
+    return plan, emulator.stats()["requests"].get("PutSnapshotBlock", 0)
+
+
+@pytest.mark.parametrize("command", [
+    "fspd upload disk.img",
+    "fspd upload disk.img --encrypted",
+    "fspd upload disk.img --parent {parent}",
+    "fspd fanout disk.img us-west-2 eu-west-1",
+])
+def test_dry_run_of_a_sparse_image_plans_the_puts_the_run_sends(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path, command: str) -> None:
+    make_image(tmp_path / "disk.img", SPARSE_LAYOUT, seed=31)
+    parent = emulator.synthetic(region=EAST, volume_size=1, allocation="sparse", density=0.02,
+                                seed=32)
+    plan, sent = _planned_and_sent(fspd, emulator, command.format(parent=parent))
+    assert sent > 0
+    assert plan["put_requests"] == sent
+    assert plan["estimated_cost_usd"] == pytest.approx(
+        (plan["list_requests"] * 0.0006 + plan["get_requests"] * 0.003 + sent * 0.006) / 1000,
+        abs=1e-9)
