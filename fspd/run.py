@@ -364,6 +364,8 @@ async def _execute_chain(ctx: JobContext, spec: JobSpec, control: JobControl | N
                                  **endpoint),
             destinations=[dest.model_copy(update={
                 "parent_snapshot_id": parent, "name": f"step-{index}",
+                # A step with a parent takes the parent's encryption (set by the first copy).
+                **({"encrypted": None, "kms_key_arn": None} if parent else {}),
                 "client_token": f"{dest.client_token}-{index}" if dest.client_token else None,
             })])
         source = build_source(ctx, step)

@@ -206,3 +206,23 @@ def test_dry_run_of_a_sparse_image_plans_the_puts_the_run_sends(
     assert plan["estimated_cost_usd"] == pytest.approx(
         (plan["list_requests"] * 0.0006 + plan["get_requests"] * 0.003 + sent * 0.006) / 1000,
         abs=1e-9)
+
+
+# --- item 13, fspd's side: no encryption fields with a parent ---------------------------------
+
+async def test_an_encrypted_chain_copy_sends_the_key_once_and_children_inherit_it(
+        fspd: Runner, emulator: EmulatorControl, ebs: Any, tmp_path: Path) -> None:
+    """The first copy is encrypted with the key; every later step has a parent, so it must
+    send neither Encrypted nor KmsKeyArn (the emulator, like EBS, refuses them) and inherits."""
+    a, b = await _lineage(ebs)
+    c = await put_snapshot(ebs, {4: b"c4"}, parent=b)
+    (tmp_path / "chain.toml").write_text(
+        f'[source]\ntype = "ebs-chain"\nsnapshot_ids = ["{a}", "{b}", "{c}"]\n'
+        f'[[destinations]]\ntype = "ebs"\nregion = "{WEST}"\nkms_key_arn = "{KMS}"\n')
+    result = _json(fspd("fspd run chain.toml --json"))
+    copies = [step["snapshot_id"] for step in result["steps"]]
+    assert len(copies) == 3
+    for copy in copies:
+        record = _record(emulator, copy, WEST)
+        assert record["encrypted"] is True and record["kms_key_arn"] == KMS
+    assert [_record(emulator, x, WEST)["parent"] for x in copies] == [None, *copies[:2]]
