@@ -106,13 +106,14 @@ def test_copy_with_a_kms_key_makes_a_snapshot_encrypted_with_that_key(
     assert record["sse_type"] == "sse-kms"
 
 
-def test_upload_with_a_kms_key_makes_a_snapshot_encrypted_with_that_key(
-        fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
+async def test_upload_with_a_kms_key_makes_a_snapshot_encrypted_with_that_key(
+        fspd: Runner, emulator: EmulatorControl, ec2: Any, tmp_path: Path) -> None:
     key = KMS.replace(WEST, EAST)
     make_image(tmp_path / "disk.img", "DZD", seed=12)
     up = _json(fspd(f"fspd upload disk.img --kms-key-arn {key} --json"))
-    record = _record(emulator, up["destinations"][0]["snapshot_id"], EAST)
-    assert record["encrypted"] is True and record["kms_key_arn"] == key
+    snap = up["destinations"][0]["snapshot_id"]
+    described = (await ec2.describe_snapshots(SnapshotIds=[snap]))["Snapshots"][0]
+    assert described["Encrypted"] is True and described["KmsKeyId"] == key
 
 
 def test_no_encrypted_with_a_kms_key_is_bad_input_naming_both_flags(
