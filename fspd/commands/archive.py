@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
         description="Archive SOURCE (a snapshot id, or a file/device path) as "
         "s3://BUCKET/PREFIX: zstd segments with SHA-256 checksums and a manifest written last.")
     p.add_argument("source", metavar="SOURCE", help="snap-… or a path")
-    p.add_argument("url", metavar="s3://BUCKET/PREFIX")
+    p.add_argument("url", metavar="s3://BUCKET/PREFIX", help="where the archive goes")
     p.add_argument("--base", dest="base_snapshot_id",
                    help="archive only the blocks changed since this snapshot (needs --parent)")
     p.add_argument("--parent", dest="parent_prefix", metavar="PREFIX|s3://BUCKET/PREFIX",
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
         "getfroms3", help="restore an S3 archive to a file, device or new snapshot",
         description="Restore s3://BUCKET/PREFIX (and its parents) to DEST, verifying every "
         "segment and block; or, with --to-snapshot, to a new snapshot in --region.")
-    p.add_argument("url", metavar="s3://BUCKET/PREFIX")
+    p.add_argument("url", metavar="s3://BUCKET/PREFIX", help="the archive to restore")
     p.add_argument("dest", metavar="DEST", nargs="?", help="a file or block device path")
     p.add_argument("--to-snapshot", action="store_true", help="restore to a new EBS snapshot")
     p.add_argument("--format", choices=["fspd", "fsp"], default="fspd",
@@ -63,14 +63,13 @@ def register(subparsers: Any) -> None:
         "verify", help="check an S3 archive end to end without restoring it",
         description="Check the manifest(s), that every segment exists, and every checksum "
         "(compressed object and each block), through the chain of parents.")
-    p.add_argument("url", metavar="s3://BUCKET/PREFIX")
+    p.add_argument("url", metavar="s3://BUCKET/PREFIX", help="the archive to check")
     p.add_argument("--format", choices=["fspd", "fsp"], default="fspd")
     _s3_options(p)
     g = p.add_argument_group("common options")
     g.add_argument("--config", help="settings file (default: $FSPD_CONFIG or /etc/fspd/fspd.toml)")
     g.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
-    g.add_argument("-q", "--quiet", action="store_true", help="print nothing; exit status only")
     p.set_defaults(handler=_cmd_verify)
 
 
@@ -146,13 +145,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     loc = parse_s3_url(args.url, "url")
     report = loop.run(run_verify(settings, target_for(spec), loc, args.format))
+    if not report["ok"]:
+        failed = TransferFailed(f"{report['url']}: {report['problem_count']} problem(s); "
+                                f"first: {report['problems'][0]}")
+        failed.json_details = report  # type: ignore[attr-defined]  # one object: both
+        if not args.json and not args.quiet:
+            print(_summary(report))
+        raise failed
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     elif not args.quiet:
         print(_summary(report))
-    if not report["ok"]:
-        raise TransferFailed(f"{report['url']}: {report['problem_count']} problem(s); "
-                             f"first: {report['problems'][0]}")
     return 0
 
 

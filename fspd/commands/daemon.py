@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_cmd_serve)
 
     p = subparsers.add_parser("submit", help="validate a job file and put it in the spool")
-    p.add_argument("jobfile")
+    p.add_argument("jobfile", help="job file: .toml or .json (checked before it is queued)")
     p.add_argument("--wait", action="store_true", help="wait for the job to finish (progress "
                    "bars on a TTY); the exit code is the job's")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_cmd_submit)
 
     p = subparsers.add_parser("status", help="the daemon's jobs, or one job in detail")
-    p.add_argument("job", nargs="?")
+    p.add_argument("job", nargs="?", help="a job id or a unique prefix of one (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _conn(p)
     p.set_defaults(handler=_cmd_status)
@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
                          ("pause", "pause a job (blocks in flight finish first)"),
                          ("resume", "resume a paused job")):
         p = subparsers.add_parser(action, help=text)
-        p.add_argument("job")
+        p.add_argument("job", help="a job id or a unique prefix of one")
         _conn(p)
         p.set_defaults(handler=_cmd_action, action=action)
 
@@ -125,7 +125,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                       "stop_timeout_s")}
     if args.bandwidth is not None:
         overrides["bandwidth_bytes_per_s"] = view.parse_rate(args.bandwidth)
-    overrides["log_level"] = args.serve_log_level
+    explicit = getattr(args, "log_level_given", False) or args.verbose or args.quiet
+    overrides["log_level"] = args.serve_log_level or (args.log_level if explicit else None)
     try:
         settings = with_overrides(config.load(args.config), overrides)
     except ValidationError as exc:  # a flag's value is out of range
