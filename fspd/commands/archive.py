@@ -16,6 +16,7 @@ from fspd import config, jobs, loop
 from fspd.archive.store import parse_s3_url
 from fspd.archive.verify import run_verify
 from fspd.commands.transfer import execute, global_options, parse_tags
+from fspd.display import human_bytes
 from fspd.errors import BadInput, TransferFailed
 from fspd.run import target_for
 
@@ -69,6 +70,9 @@ def register(subparsers: Any) -> None:
     g = p.add_argument_group("common options")
     g.add_argument("--config", help="settings file (default: $FSPD_CONFIG or /etc/fspd/fspd.toml)")
     g.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
+    g.add_argument("-n", "--dry-run", action="store_true",
+                   help="read the manifests and list what would be checked (segments, blocks, "
+                   "bytes to read), reading no segment")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_cmd_verify)
 
@@ -144,7 +148,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     spec = jobs.S3SourceSpec.model_validate(_s3_spec(args, "url") | {"format": args.format})
     settings = config.load(args.config)
     loc = parse_s3_url(args.url, "url")
-    report = loop.run(run_verify(settings, target_for(spec), loc, args.format))
+    report = loop.run(run_verify(settings, target_for(spec), loc, args.format,
+                                 dry_run=args.dry_run))
     if not report["ok"]:
         failed = TransferFailed(f"{report['url']}: {report['problem_count']} problem(s); "
                                 f"first: {report['problems'][0]}")
@@ -161,12 +166,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _summary(report: dict[str, Any]) -> str:
     lines = []
-    for a in report["archives"]:
-        lines.append(f"{a['url']}: {a['segments_verified']} segments, "
-                     f"{a['blocks_verified']} blocks verified"
-                     + (f" (parent {a['parent']})" if a.get("parent") else ""))
+    if report.get("dry_run"):
+        for a in report["archives"]:
+            lines.append(f"{a['url']}: would verify {a['segments_to_verify']} segments, "
+                         f"{a['blocks_to_verify']} blocks"
+                         + (f", {human_bytes(a['stored_bytes'])} to read"
+                            if a.get("stored_bytes") is not None else "")
+                         + (f" (parent {a['parent']})" if a.get("parent") else ""))
+        plan = report["plan"]
+        lines.append(f"dry run: {plan['segments']} segments, {plan['blocks']} blocks, "
+                     f"{human_bytes(plan['bytes_to_read'])} would be read")
+    else:
+        for a in report["archives"]:
+            lines.append(f"{a['url']}: {a['segments_verified']} segments, "
+                         f"{a['blocks_verified']} blocks verified"
+                         + (f" (parent {a['parent']})" if a.get("parent") else ""))
     if report["ok"]:
-        lines.append(f"{report['url']}: OK")
+        lines.append(f"{report['url']}: "
+                     + ("manifests OK; no segment was read" if report.get("dry_run") else "OK"))
     else:
         lines += [f"problem: {p}" for p in report["problems"]]
         more = report["problem_count"] - len(report["problems"])

@@ -8,6 +8,7 @@ import argparse
 import filecmp
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,8 @@ def _archive(fspd_s3: Runner, emulator: EmulatorControl, moto: str, url: str) ->
     s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
     bucket, prefix = url.removeprefix("s3://").split("/", 1)
     s3.create_bucket(Bucket=bucket)
-    made = fspd_s3(f"fspd movetos3 {_snapshot(emulator)} {url}")
+    made = fspd_s3(f"fspd movetos3 {_snapshot(emulator)} {url}",
+                   extra_env={"AWS_ENDPOINT_URL_S3": moto})
     assert made.returncode == 0, made.stderr
     return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
 
@@ -233,3 +235,78 @@ def test_size_of_a_file_larger_than_the_volume_is_refused(fspd: Runner,
     missing = fspd(f"fspd download {_snapshot(emulator)} out2.img --size-of nope.img")
     assert missing.returncode == 2 and "--size-of" in missing.stderr
     assert not (tmp_path / "out2.img").exists()  # refused before anything was downloaded
+
+
+# --- verify --dry-run --------------------------------------------------------------------
+
+@pytest.fixture
+def recording_moto(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A moto server of its own that records every request it serves into a file (the shared
+    one's recorder would write into the current directory)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    record = tmp_path / "moto-requests.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MOTO_RECORDER_FILEPATH": str(record)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+    yield url, record
+    proc.terminate()
+    proc.wait(10)
+
+
+def _recording(url: str, what: str) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}/moto-api/recorder/{what}-recording", method="POST")
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def _gets(record: Path) -> list[str]:
+    lines = record.read_text().splitlines() if record.exists() else []
+    return [e["url"] for e in map(json.loads, lines) if e["method"] == "GET"]
+
+
+def test_verify_dry_run_plans_without_reading_a_segment(
+        fspd_s3: Runner, emulator: EmulatorControl, recording_moto: tuple[str, Path]) -> None:
+    moto, record = recording_moto
+    _archive(fspd_s3, emulator, moto, "s3://plan-bk/web01")
+    s3 = {"AWS_ENDPOINT_URL_S3": moto}
+
+    _recording(moto, "start")
+    plan = fspd_s3("fspd verify s3://plan-bk/web01 --dry-run --json", extra_env=s3)
+    _recording(moto, "stop")
+    assert plan.returncode == 0, plan.stderr
+    gets = _gets(record)
+    assert any("manifest" in u for u in gets), gets  # the manifest is read and checked
+    assert not [u for u in gets if "/segments/" in u], gets
+
+    _recording(moto, "reset")
+    _recording(moto, "start")
+    real = fspd_s3("fspd verify s3://plan-bk/web01 --json", extra_env=s3)
+    _recording(moto, "stop")
+    assert real.returncode == 0, real.stderr
+    segment_gets = [u for u in _gets(record) if "/segments/" in u]
+    report, done = json.loads(plan.stdout), json.loads(real.stdout)
+    assert report["dry_run"] is True and report["ok"] is True
+    assert report["plan"]["segments"] == done["archives"][0]["segments_verified"] >= 1
+    assert len(segment_gets) >= report["plan"]["segments"]  # what the dry run spared
+    assert report["plan"]["blocks"] == done["archives"][0]["blocks_verified"]
+    human = fspd_s3("fspd verify s3://plan-bk/web01 -n", extra_env=s3)
+    assert human.returncode == 0 and "would verify" in human.stdout, human.stderr
