@@ -65,7 +65,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_cmd_status)
 
     p = subparsers.add_parser("watch", help="live progress (bars on a TTY, NDJSON when piped)")
-    p.add_argument("job", nargs="?", help="one job (the command ends when it finishes)")
+    p.add_argument("job", nargs="?", help="a job id or a unique prefix of one: the command "
+                   "ends when it finishes, with its exit code (with -q, silently)")
     p.add_argument("--json", action="store_true", help="NDJSON even on a TTY")
     _conn(p)
     p.set_defaults(handler=_cmd_watch)
@@ -168,11 +169,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         print(json.dumps({"job": name}) if args.json else name)
         return 0
-    if not args.json:
+    if not args.json and not args.quiet:
         print(name, file=sys.stderr)
     assert sock is not None
-    mode = "quiet" if args.json or not sys.stderr.isatty() else "bars"
-    return loop.run(_follow(sock, name, mode=mode, final=True, as_json=args.json))
+    mode = "quiet" if args.json or args.quiet or not sys.stderr.isatty() else "bars"
+    return loop.run(_follow(sock, name, mode=mode, final=not args.quiet or args.json,
+                            as_json=args.json))
 
 
 async def _call(sock: str, method: str, path: str, body: dict[str, Any] | None = None
@@ -204,6 +206,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     mode = "ndjson" if args.json or not sys.stderr.isatty() else "bars"
+    if args.quiet and not args.json:  # wait for the job without showing it; its exit code
+        mode = "quiet"
     try:
         return loop.run(_follow(socket_path(args), args.job, mode=mode, final=False))
     except KeyboardInterrupt:

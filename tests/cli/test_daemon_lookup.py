@@ -59,7 +59,22 @@ def test_prefixes_find_finished_jobs_after_a_restart(
     watch = fspd(["watch", prefix, "--socket", daemon.socket, "--json"], timeout=30)
     assert watch.returncode == 0, watch.stderr
     assert json.loads(watch.stdout.splitlines()[-1])["state"] == "completed"
+    quiet = fspd(["watch", prefix, "-q", "--socket", daemon.socket], timeout=30)
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet
     cancel = fspd(["cancel", prefix, "--socket", daemon.socket], timeout=30)
     assert cancel.returncode == 2 and "already completed" in cancel.stderr, cancel.stderr
     ambiguous = fspd(["status", "big", "--socket", daemon.socket], timeout=30)
     assert ambiguous.returncode == 2 and all(n in ambiguous.stderr for n in names)
+
+
+def test_submit_wait_quiet_prints_nothing_and_exits_with_the_jobs_code(
+        fspd: Runner, daemon: Daemon, emulator: EmulatorControl, tmp_path: Path) -> None:
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.002, seed=6)
+    (tmp_path / "ok.toml").write_text(download_job(emulator, snap, tmp_path / "ok.img"))
+    (tmp_path / "bad.toml").write_text(download_job(emulator, "snap-0000000000000dead",
+                                                    tmp_path / "bad.img"))
+    conn = ["--spool", str(daemon.spool.root), "--socket", daemon.socket]
+    ok = fspd(["submit", "ok.toml", "--wait", "-q", *conn], timeout=60)
+    assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == "", ok
+    bad = fspd(["submit", "bad.toml", "--wait", "-q", *conn], timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "", bad
