@@ -4,6 +4,7 @@ error that lists the matches, and prefixes find finished jobs after a restart.""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from fspd.emulator.control import EmulatorControl
@@ -78,3 +79,17 @@ def test_submit_wait_quiet_prints_nothing_and_exits_with_the_jobs_code(
     assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == "", ok
     bad = fspd(["submit", "bad.toml", "--wait", "-q", *conn], timeout=60)
     assert bad.returncode == 2 and bad.stdout == "", bad
+
+
+def test_serve_takes_the_global_log_level_after_the_verb(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.002, seed=7)
+    for flags, debug in ((["--rescan-interval", "1"], False),
+                         (["--rescan-interval", "1", "-v"], True)):
+        d = make_daemon(*flags)
+        name = d.submit(download_job(emulator, snap, tmp_path / f"{debug}.img"))
+        assert d.wait_finished(name, 60) == "done", d.log()
+        d.stop()
+        events = {json.loads(line).get("event") for line in d.log().splitlines()
+                  if line.startswith("{")}
+        assert ("job_starting" in events) is debug, (flags, events)  # a job's debug line
