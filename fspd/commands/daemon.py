@@ -232,8 +232,9 @@ async def _follow(sock: str, job: str | None, *, mode: str, final: bool,
                     break
             if job and last is not None and final:
                 detail = await client.call("GET", f"/v1/jobs/{last['job']}")
-                if as_json:
-                    print(json.dumps(detail, indent=2, default=str))
+                if as_json:  # the job's record, and the exit code this command returns
+                    print(json.dumps({**detail, "exit_code": exit_code_for(last)}, indent=2,
+                                     default=str))
                 else:
                     if bars is not None:
                         bars.close()

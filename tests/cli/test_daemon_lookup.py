@@ -79,6 +79,11 @@ def test_submit_wait_quiet_prints_nothing_and_exits_with_the_jobs_code(
     assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == "", ok
     bad = fspd(["submit", "bad.toml", "--wait", "-q", *conn], timeout=60)
     assert bad.returncode == 2 and bad.stdout == "", bad
+    record = fspd(["submit", "bad.toml", "--wait", "--json", *conn], timeout=60)
+    assert record.returncode == 2, record
+    detail = json.loads(record.stdout)
+    assert detail["exit_code"] == 2 and detail["state"] == "failed"
+    assert detail["error"]["field"] == "source.snapshot_id", detail
 
 
 def test_serve_takes_the_global_log_level_after_the_verb(
