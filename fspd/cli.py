@@ -29,7 +29,6 @@ COMMAND_MODULES = (
     "fspd.emulator.cli",
 )
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-GLOBAL_DESTS = ("log_level", "log_json", "verbose", "quiet")
 
 
 class UsageError(BadInput):

@@ -153,7 +153,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not report["ok"]:
         failed = TransferFailed(f"{report['url']}: {report['problem_count']} problem(s); "
                                 f"first: {report['problems'][0]}")
-        failed.json_details = report  # type: ignore[attr-defined]  # one object: both
+        # --json prints the report and the error as one object
+        failed.json_details = report  # type: ignore[attr-defined]
         if not args.json and not args.quiet:
             print(_summary(report))
         raise failed
