@@ -58,8 +58,23 @@ def summary(result: dict[str, Any]) -> str:
     lines.append(f"{verb} done in {result['duration_s']:.1f} s: {result['blocks_done']} blocks,"
                  f" {human_bytes(result['bytes_done'])} moved, {result['blocks_skipped']} zero "
                  f"blocks skipped, retries {result['retries'] or 'none'}")
-    for dest in result.get("destinations", []):
-        where = dest.get("snapshot_id") or dest.get("path")
-        region = f" in {dest['region']}" if dest.get("region") else ""
-        lines.append(f"  {dest['destination']}: {where}{region} ({dest['state']})")
+    lines += [f"  {destination_line(dest)}" for dest in result.get("destinations", [])]
     return "\n".join(lines)
+
+
+def destination_line(dest: dict[str, Any]) -> str:
+    """One destination of a result: what it is (snapshot id and region, s3://bucket/prefix,
+    or path), its state, and why it failed."""
+    kind = dest.get("type")
+    if kind == "s3":
+        where = str(dest.get("url"))
+    elif kind == "ebs":
+        where = dest.get("snapshot_id") or "no snapshot started"
+        if dest.get("region"):
+            where += f" in {dest['region']}"
+    else:
+        where = str(dest.get("path"))
+    line = f"{dest.get('destination', kind)}: {kind} {where} ({dest.get('state')})"
+    if dest.get("error"):
+        line += f": {dest['error']}"
+    return line

@@ -202,6 +202,9 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
             log.info("job_resuming", job=job_id, state_dir=str(state_dir))
     executor = ThreadPoolExecutor(settings.transfer.worker_threads,
                                   thread_name_prefix=f"fspd-{job_id}")
+    log.debug("job_starting", job=job_id, verb=spec.verb, source=spec.source.type,
+              destinations=[d.type for d in spec.destinations], dry_run=spec.dry_run,
+              state_dir=str(state_dir))
     progress.start()
     try:
         async with AwsClients(settings) as clients:

@@ -63,13 +63,31 @@ class _Checker:
         return totals
 
 
+def _planned(pieces: Any) -> dict[str, int]:
+    """What :meth:`_Checker.segments` would read, from the manifest alone (a dry run)."""
+    totals = {"segments": 0, "blocks": 0, "bytes": 0}
+    for piece in pieces:
+        totals["segments"] += 1
+        totals["blocks"] += piece.segment.count
+        if isinstance(piece.segment, Segment):
+            totals["bytes"] += piece.segment.size
+    return totals
+
+
 async def verify_archive(ctx: JobContext, target: AwsTarget, loc: S3Location,
-                         fmt: str = "fspd") -> dict[str, Any]:
+                         fmt: str = "fspd", *, dry_run: bool = False) -> dict[str, Any]:
+    """Verify the archive at ``loc``. A dry run reads and checks the manifests (or, for FSP,
+    the listing) and reports what would be verified, without reading any segment."""
     checker = _Checker(ctx)
+
+    async def plan(_store: ObjectStore, pieces: Any) -> dict[str, int]:
+        return _planned(pieces)
+
+    check = plan if dry_run else checker.segments
     store = ObjectStore(ctx, target, loc)
     report: dict[str, Any] = {"url": loc.url(), "format": fmt, "archives": []}
     if fmt == "fsp":
-        await _verify_fsp(checker, store, report)
+        await _verify_fsp(checker, store, report, check)
     else:
         levels: list[Level] = []
         try:
@@ -80,7 +98,7 @@ async def verify_archive(ctx: JobContext, target: AwsTarget, loc: S3Location,
             header = level.manifest.header
             pieces = (Piece(0, rec) for rec in level.manifest.records()
                       if isinstance(rec, Segment))
-            totals = await checker.segments(level.store, pieces)
+            totals = await check(level.store, pieces)
             trailer = level.manifest.trailer
             report["archives"].append({
                 "url": level.url, "source": header.source, "created": header.created,
@@ -92,13 +110,23 @@ async def verify_archive(ctx: JobContext, target: AwsTarget, loc: S3Location,
                 "zero_blocks": trailer.zero_blocks if trailer else None,
                 "stored_bytes": totals["bytes"]})
             level.manifest.path.unlink(missing_ok=True)
+    if dry_run:
+        report["dry_run"] = True
+        report["plan"] = {
+            "segments": sum(a["segments_verified"] for a in report["archives"]),
+            "blocks": sum(a["blocks_verified"] for a in report["archives"]),
+            "bytes_to_read": sum(a.get("stored_bytes") or 0 for a in report["archives"])}
+        for a in report["archives"]:  # nothing was verified yet: say what would be
+            a["segments_to_verify"] = a.pop("segments_verified")
+            a["blocks_to_verify"] = a.pop("blocks_verified")
     report["ok"] = checker.problem_count == 0
     report["problem_count"] = checker.problem_count
     report["problems"] = checker.problems
     return report
 
 
-async def _verify_fsp(checker: _Checker, store: ObjectStore, report: dict[str, Any]) -> None:
+async def _verify_fsp(checker: _Checker, store: ObjectStore, report: dict[str, Any],
+                      check: Any) -> None:
     loc = store.loc
     _snapshot_id, gib = parse_dir(loc.prefix)
     names = [n async for n in store.list_names()]
@@ -113,14 +141,14 @@ async def _verify_fsp(checker: _Checker, store: ObjectStore, report: dict[str, A
     report["coverage"] = cov.to_dict()
     if cov.tail is not None:
         checker.problem(incomplete_message(loc.url(), cov))
-    totals = await checker.segments(store, (Piece(0, seg) for seg in segments))
+    totals = await check(store, (Piece(0, seg) for seg in segments))
     report["archives"].append({"url": loc.url(), "segments": len(segments),
                                "segments_verified": totals["segments"],
                                "blocks_verified": totals["blocks"]})
 
 
 async def run_verify(settings: Settings, target: AwsTarget, loc: S3Location,
-                     fmt: str = "fspd") -> dict[str, Any]:
+                     fmt: str = "fspd", *, dry_run: bool = False) -> dict[str, Any]:
     """Verify outside a job: builds the context (clients, thread pool, scratch directory)."""
     executor = ThreadPoolExecutor(settings.transfer.worker_threads,
                                   thread_name_prefix="fspd-verify")
@@ -130,7 +158,7 @@ async def run_verify(settings: Settings, target: AwsTarget, loc: S3Location,
                 ctx = JobContext(f"verify-{uuid.uuid4().hex[:8]}", settings, clients,
                                  Progress(), executor, Path(tmp))
                 try:
-                    return await verify_archive(ctx, target, loc, fmt)
+                    return await verify_archive(ctx, target, loc, fmt, dry_run=dry_run)
                 finally:
                     await ctx.close()
     finally:

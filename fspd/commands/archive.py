@@ -16,6 +16,7 @@ from fspd import config, jobs, loop
 from fspd.archive.store import parse_s3_url
 from fspd.archive.verify import run_verify
 from fspd.commands.transfer import execute, global_options, parse_tags
+from fspd.display import human_bytes
 from fspd.errors import BadInput, TransferFailed
 from fspd.run import target_for
 
@@ -28,7 +29,7 @@ def register(subparsers: Any) -> None:
         description="Archive SOURCE (a snapshot id, or a file/device path) as "
         "s3://BUCKET/PREFIX: zstd segments with SHA-256 checksums and a manifest written last.")
     p.add_argument("source", metavar="SOURCE", help="snap-… or a path")
-    p.add_argument("url", metavar="s3://BUCKET/PREFIX")
+    p.add_argument("url", metavar="s3://BUCKET/PREFIX", help="where the archive goes")
     p.add_argument("--base", dest="base_snapshot_id",
                    help="archive only the blocks changed since this snapshot (needs --parent)")
     p.add_argument("--parent", dest="parent_prefix", metavar="PREFIX|s3://BUCKET/PREFIX",
@@ -47,7 +48,7 @@ def register(subparsers: Any) -> None:
         "getfroms3", help="restore an S3 archive to a file, device or new snapshot",
         description="Restore s3://BUCKET/PREFIX (and its parents) to DEST, verifying every "
         "segment and block; or, with --to-snapshot, to a new snapshot in --region.")
-    p.add_argument("url", metavar="s3://BUCKET/PREFIX")
+    p.add_argument("url", metavar="s3://BUCKET/PREFIX", help="the archive to restore")
     p.add_argument("dest", metavar="DEST", nargs="?", help="a file or block device path")
     p.add_argument("--to-snapshot", action="store_true", help="restore to a new EBS snapshot")
     p.add_argument("--format", choices=["fspd", "fsp"], default="fspd",
@@ -63,14 +64,16 @@ def register(subparsers: Any) -> None:
         "verify", help="check an S3 archive end to end without restoring it",
         description="Check the manifest(s), that every segment exists, and every checksum "
         "(compressed object and each block), through the chain of parents.")
-    p.add_argument("url", metavar="s3://BUCKET/PREFIX")
+    p.add_argument("url", metavar="s3://BUCKET/PREFIX", help="the archive to check")
     p.add_argument("--format", choices=["fspd", "fsp"], default="fspd")
     _s3_options(p)
     g = p.add_argument_group("common options")
     g.add_argument("--config", help="settings file (default: $FSPD_CONFIG or /etc/fspd/fspd.toml)")
     g.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
+    g.add_argument("-n", "--dry-run", action="store_true",
+                   help="read the manifests and list what would be checked (segments, blocks, "
+                   "bytes to read), reading no segment")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
-    g.add_argument("-q", "--quiet", action="store_true", help="print nothing; exit status only")
     p.set_defaults(handler=_cmd_verify)
 
 
@@ -145,25 +148,43 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     spec = jobs.S3SourceSpec.model_validate(_s3_spec(args, "url") | {"format": args.format})
     settings = config.load(args.config)
     loc = parse_s3_url(args.url, "url")
-    report = loop.run(run_verify(settings, target_for(spec), loc, args.format))
+    report = loop.run(run_verify(settings, target_for(spec), loc, args.format,
+                                 dry_run=args.dry_run))
+    if not report["ok"]:
+        failed = TransferFailed(f"{report['url']}: {report['problem_count']} problem(s); "
+                                f"first: {report['problems'][0]}")
+        # --json prints the report and the error as one object
+        failed.json_details = report  # type: ignore[attr-defined]
+        if not args.json and not args.quiet:
+            print(_summary(report))
+        raise failed
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     elif not args.quiet:
         print(_summary(report))
-    if not report["ok"]:
-        raise TransferFailed(f"{report['url']}: {report['problem_count']} problem(s); "
-                             f"first: {report['problems'][0]}")
     return 0
 
 
 def _summary(report: dict[str, Any]) -> str:
     lines = []
-    for a in report["archives"]:
-        lines.append(f"{a['url']}: {a['segments_verified']} segments, "
-                     f"{a['blocks_verified']} blocks verified"
-                     + (f" (parent {a['parent']})" if a.get("parent") else ""))
+    if report.get("dry_run"):
+        for a in report["archives"]:
+            lines.append(f"{a['url']}: would verify {a['segments_to_verify']} segments, "
+                         f"{a['blocks_to_verify']} blocks"
+                         + (f", {human_bytes(a['stored_bytes'])} to read"
+                            if a.get("stored_bytes") is not None else "")
+                         + (f" (parent {a['parent']})" if a.get("parent") else ""))
+        plan = report["plan"]
+        lines.append(f"dry run: {plan['segments']} segments, {plan['blocks']} blocks, "
+                     f"{human_bytes(plan['bytes_to_read'])} would be read")
+    else:
+        for a in report["archives"]:
+            lines.append(f"{a['url']}: {a['segments_verified']} segments, "
+                         f"{a['blocks_verified']} blocks verified"
+                         + (f" (parent {a['parent']})" if a.get("parent") else ""))
     if report["ok"]:
-        lines.append(f"{report['url']}: OK")
+        lines.append(f"{report['url']}: "
+                     + ("manifests OK; no segment was read" if report.get("dry_run") else "OK"))
     else:
         lines += [f"problem: {p}" for p in report["problems"]]
         more = report["problem_count"] - len(report["problems"])

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_cmd_serve)
 
     p = subparsers.add_parser("submit", help="validate a job file and put it in the spool")
-    p.add_argument("jobfile")
+    p.add_argument("jobfile", help="job file: .toml or .json (checked before it is queued)")
     p.add_argument("--wait", action="store_true", help="wait for the job to finish (progress "
                    "bars on a TTY); the exit code is the job's")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -59,13 +59,14 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_cmd_submit)
 
     p = subparsers.add_parser("status", help="the daemon's jobs, or one job in detail")
-    p.add_argument("job", nargs="?")
+    p.add_argument("job", nargs="?", help="a job id or a unique prefix of one (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _conn(p)
     p.set_defaults(handler=_cmd_status)
 
     p = subparsers.add_parser("watch", help="live progress (bars on a TTY, NDJSON when piped)")
-    p.add_argument("job", nargs="?", help="one job (the command ends when it finishes)")
+    p.add_argument("job", nargs="?", help="a job id or a unique prefix of one: the command "
+                   "ends when it finishes, with its exit code (with -q, silently)")
     p.add_argument("--json", action="store_true", help="NDJSON even on a TTY")
     _conn(p)
     p.set_defaults(handler=_cmd_watch)
@@ -74,7 +75,7 @@ def register(subparsers: Any) -> None:
                          ("pause", "pause a job (blocks in flight finish first)"),
                          ("resume", "resume a paused job")):
         p = subparsers.add_parser(action, help=text)
-        p.add_argument("job")
+        p.add_argument("job", help="a job id or a unique prefix of one")
         _conn(p)
         p.set_defaults(handler=_cmd_action, action=action)
 
@@ -125,7 +126,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                       "stop_timeout_s")}
     if args.bandwidth is not None:
         overrides["bandwidth_bytes_per_s"] = view.parse_rate(args.bandwidth)
-    overrides["log_level"] = args.serve_log_level
+    explicit = getattr(args, "log_level_given", False) or args.verbose or args.quiet
+    overrides["log_level"] = args.serve_log_level or (args.log_level if explicit else None)
     try:
         settings = with_overrides(config.load(args.config), overrides)
     except ValidationError as exc:  # a flag's value is out of range
@@ -167,11 +169,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         print(json.dumps({"job": name}) if args.json else name)
         return 0
-    if not args.json:
+    if not args.json and not args.quiet:
         print(name, file=sys.stderr)
     assert sock is not None
-    mode = "quiet" if args.json or not sys.stderr.isatty() else "bars"
-    return loop.run(_follow(sock, name, mode=mode, final=True, as_json=args.json))
+    mode = "quiet" if args.json or args.quiet or not sys.stderr.isatty() else "bars"
+    return loop.run(_follow(sock, name, mode=mode, final=not args.quiet or args.json,
+                            as_json=args.json))
 
 
 async def _call(sock: str, method: str, path: str, body: dict[str, Any] | None = None
@@ -203,6 +206,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     mode = "ndjson" if args.json or not sys.stderr.isatty() else "bars"
+    if args.quiet and not args.json:  # wait for the job without showing it; its exit code
+        mode = "quiet"
     try:
         return loop.run(_follow(socket_path(args), args.job, mode=mode, final=False))
     except KeyboardInterrupt:
@@ -227,8 +232,9 @@ async def _follow(sock: str, job: str | None, *, mode: str, final: bool,
                     break
             if job and last is not None and final:
                 detail = await client.call("GET", f"/v1/jobs/{last['job']}")
-                if as_json:
-                    print(json.dumps(detail, indent=2, default=str))
+                if as_json:  # the job's record, and the exit code this command returns
+                    print(json.dumps({**detail, "exit_code": exit_code_for(last)}, indent=2,
+                                     default=str))
                 else:
                     if bars is not None:
                         bars.close()

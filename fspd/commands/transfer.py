@@ -7,10 +7,12 @@ import asyncio
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fspd import config, display, jobs, loop
+from fspd.commands import sizeof
 from fspd.errors import BadInput
 from fspd.progress import Progress
 from fspd.run import run_job
@@ -25,7 +27,6 @@ def global_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-n", "--dry-run", action="store_true",
                    help="list and plan without moving data; shows requests, cost and time")
     g.add_argument("--json", action="store_true", help="print the result as JSON")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
 def register(subparsers: Any) -> None:
@@ -34,55 +35,59 @@ def register(subparsers: Any) -> None:
         return p
 
     p = add("run", "run one job file (TOML or JSON) in the foreground")
-    p.add_argument("jobfile")
+    p.add_argument("jobfile", help="job file: .toml or .json (see config/examples/)")
     p.add_argument("--state-dir", help="keep a checkpoint here: an interrupted run of the "
                    "same job file resumes where it stopped")
     global_options(p)
     p.set_defaults(handler=_cmd_run)
 
     p = add("list", "count a snapshot's allocated blocks and bytes")
-    p.add_argument("snapshot_id")
+    p.add_argument("snapshot_id", help="the snapshot to list (snap-…)")
     global_options(p)
     p.set_defaults(handler=_verb("list", ["snapshot_id"]))
 
     p = add("diff", "count the blocks changed between two snapshots of one lineage")
-    p.add_argument("first_snapshot_id")
-    p.add_argument("second_snapshot_id")
+    p.add_argument("first_snapshot_id", help="the older snapshot (snap-…)")
+    p.add_argument("second_snapshot_id", help="the newer snapshot of the same lineage")
     global_options(p)
     p.set_defaults(handler=_verb("diff", ["first_snapshot_id", "second_snapshot_id"]))
 
     p = add("download", "write a snapshot to a file or block device, byte for byte")
-    p.add_argument("snapshot_id")
-    p.add_argument("path")
+    p.add_argument("snapshot_id", help="the snapshot to download (snap-…)")
+    p.add_argument("path", help="target file (made or overwritten) or block device")
+    p.add_argument("--size-of", metavar="FILE",
+                   help="a snapshot is whole GiB: once verified, cut PATH back to FILE's "
+                   "length (the file that was uploaded), for a byte-exact round trip")
     global_options(p)
     p.set_defaults(handler=_verb("download", ["snapshot_id", "path"]))
 
     p = add("deltadownload", "turn a file/device holding snapshot A into snapshot B")
-    p.add_argument("first_snapshot_id")
-    p.add_argument("second_snapshot_id")
-    p.add_argument("path")
+    p.add_argument("first_snapshot_id", help="snapshot A, which PATH holds now")
+    p.add_argument("second_snapshot_id", help="snapshot B, which PATH will hold")
+    p.add_argument("path", help="the file or block device holding A")
     global_options(p)
     p.set_defaults(handler=_verb("deltadownload",
                                  ["first_snapshot_id", "second_snapshot_id", "path"]))
 
     p = add("upload", "make a new snapshot from a file or block device")
-    p.add_argument("path")
+    p.add_argument("path", help="source file or block device")
     p.add_argument("--parent", dest="parent_snapshot_id", help="parent snapshot id")
     _snapshot_options(p)
     global_options(p)
     p.set_defaults(handler=_verb("upload", ["path", "parent_snapshot_id", *SNAPSHOT_KEYS]))
 
     p = add("copy", "copy a snapshot to another region and/or account, block by block")
-    p.add_argument("snapshot_id")
+    p.add_argument("snapshot_id", help="the snapshot to copy (snap-…)")
     _destination_options(p)
     _snapshot_options(p)
     global_options(p)
     p.set_defaults(handler=_verb("copy", ["snapshot_id", *DEST_KEYS, *SNAPSHOT_KEYS]))
 
     p = add("sync", "write the changes A→B onto a new snapshot whose parent C is a copy of A")
-    p.add_argument("base_snapshot_id", metavar="A")
-    p.add_argument("snapshot_id", metavar="B")
-    p.add_argument("parent_snapshot_id", metavar="C")
+    p.add_argument("base_snapshot_id", metavar="A", help="the source snapshot already copied")
+    p.add_argument("snapshot_id", metavar="B", help="the newer source snapshot to copy")
+    p.add_argument("parent_snapshot_id", metavar="C",
+                   help="the existing copy of A at the destination")
     _destination_options(p)
     _snapshot_options(p)
     global_options(p)
@@ -90,7 +95,7 @@ def register(subparsers: Any) -> None:
                                           "parent_snapshot_id", *DEST_KEYS, *SNAPSHOT_KEYS]))
 
     p = add("fanout", "upload a file or device to a new snapshot in each region, reading once")
-    p.add_argument("path")
+    p.add_argument("path", help="source file or block device")
     p.add_argument("destination_regions", nargs="+", metavar="REGION",
                    help="regions, or @FILE with one region per line")
     _snapshot_options(p)
@@ -98,7 +103,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_verb("fanout", ["path", "destination_regions", *SNAPSHOT_KEYS]))
 
     p = add("multiclone", "download a snapshot to several files or devices, fetching once")
-    p.add_argument("snapshot_id")
+    p.add_argument("snapshot_id", help="the snapshot to download (snap-…)")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="targets, or @FILE with one path per line")
     p.add_argument("--drop-failed", action="store_const", const="drop",
@@ -198,7 +203,8 @@ def _verb(verb: str, keys: list[str]) -> Any:
                 data[key] = getattr(args, key)
         if args.dry_run:
             data["dry_run"] = True
-        return execute(jobs.validate(data), args)
+        spec = jobs.validate(data)
+        return execute(spec, args, after=sizeof.truncate_hook(args))
 
     return handler
 
@@ -221,7 +227,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None = None,
-             state_dir: Path | None = None) -> int:
+             state_dir: Path | None = None,
+             after: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Run ``spec`` in the foreground and print its result; ``after`` may amend the result
+    of a successful run before it is printed."""
     settings = config.load(args.config)
     progress = Progress()
     show = sys.stderr.isatty() and not args.quiet and not args.json
@@ -238,6 +247,8 @@ def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None 
                 await asyncio.gather(bar, return_exceptions=True)
 
     result = loop.run(main())
+    if after is not None:
+        after(result)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     elif not args.quiet:

@@ -101,11 +101,30 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _job(request: web.Request) -> Any:
-    ident = request.match_info["job"]
-    rec = _service(request).scheduler.find(ident)
-    if rec is None:
-        raise ApiError(404, "NotFound", f"no job {ident!r} in this daemon", "job")
+def _not_found(ident: str) -> ApiError:
+    return ApiError(404, "NotFound", f"no job {ident!r} in this daemon or its spool (new/, "
+                    "active/, done/, failed/)", "job")
+
+
+async def _resolve(service: Service, ident: str) -> str:
+    """The full id of the job ``ident`` (an id or a unique prefix) names. A job file just
+    dropped into new/ may not be known yet: rescan once before saying it does not exist."""
+    name = service.scheduler.resolve(ident)
+    if name is None:
+        await service.scheduler.scan()
+        name = service.scheduler.resolve(ident)
+    if name is None:
+        raise _not_found(ident)
+    return name
+
+
+async def _job(request: web.Request) -> Any:
+    service = _service(request)
+    name = await _resolve(service, request.match_info["job"])
+    rec = service.scheduler.jobs.get(name)
+    if rec is None:  # finished, and known only from its record in done/ or failed/
+        found = service.finished_record(name) or {}
+        raise BadInput(f"job {name} is already {found.get('state', 'finished')}", field="job")
     return rec
 
 
@@ -128,19 +147,20 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     service = _service(request)
     ident = request.match_info["job"]
-    rec = service.scheduler.find(ident)
+    name = await _resolve(service, ident)
+    rec = service.scheduler.jobs.get(name)
     if rec is not None:
         return _json(rec.detail())
-    found = service.finished_record(ident)
+    found = service.finished_record(name)
     if found is None:
-        raise ApiError(404, "NotFound", f"no job {ident!r} in this daemon or the spool", "job")
+        raise _not_found(ident)
     return _json(found)
 
 
 async def job_action(request: web.Request) -> web.Response:
     who = _require_control(request)
     action = request.match_info["action"]
-    rec = _job(request)
+    rec = await _job(request)
     scheduler = _service(request).scheduler
     if action == "cancel":
         scheduler.cancel(rec, who)
@@ -171,10 +191,8 @@ async def put_bandwidth(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     job = request.query.get("job")
-    if job is not None:
-        rec = service.scheduler.find(job)
-        if rec is not None:
-            job = rec.id
+    if job is not None:  # an unknown job is an error now, not a stream that never ends
+        job = await _resolve(service, job)
     sub = service.events.subscribe(job)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
                                        "Cache-Control": "no-cache"})
@@ -184,7 +202,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         for rec in list(service.scheduler.jobs.values()):
             if job is None or rec.id == job:
                 await resp.write(_line({"event": "job", **rec.summary()}))
-        if job is not None and service.scheduler.find(job) is None:
+        if job is not None and job not in service.scheduler.jobs:
             found = service.finished_record(job)
             if found is not None:
                 await resp.write(_line({"event": "job", **found}))

@@ -35,6 +35,7 @@ log = get_logger("fspd.daemon")
 
 TERMINAL = ("completed", "failed", "cancelled")
 STATES = ("queued", "running", "paused", *TERMINAL)
+MAX_LISTED_MATCHES = 10  # an ambiguous job prefix lists at most this many ids
 
 
 @dataclass
@@ -112,11 +113,33 @@ class Scheduler:
 
     # --- lookup and counts ---------------------------------------------------------------
 
-    def find(self, ident: str) -> JobRecord | None:
+    def resolve(self, ident: str) -> str | None:
+        """The full id that ``ident`` names: an exact id, or else the one job whose id starts
+        with it, among the jobs this daemon knows and the finished ones in done/ and failed/
+        (so a prefix still works after a restart). None if no job matches; BadInput (field
+        ``job``) listing the matches if several do."""
         if ident in self.jobs:
-            return self.jobs[ident]
-        matches = [r for name, r in self.jobs.items() if name.startswith(ident)]
-        return matches[0] if len(matches) == 1 else None
+            return ident
+        names = set(self.jobs)
+        if "/" not in ident and not ident.startswith("."):  # never a path out of the spool
+            finished = {*self.spool.names("done"), *self.spool.names("failed")}
+            if ident in finished:
+                return ident
+            names |= finished
+        matches = sorted(n for n in names if n.startswith(ident))
+        if len(matches) > 1:
+            shown = ", ".join(matches[:MAX_LISTED_MATCHES])
+            more = len(matches) - MAX_LISTED_MATCHES
+            raise BadInput(f"{ident!r} matches {len(matches)} jobs: {shown}"
+                           + (f" and {more} more" if more > 0 else "")
+                           + "; give more of the id", field="job")
+        return matches[0] if matches else None
+
+    def find(self, ident: str) -> JobRecord | None:
+        """The record of the job ``ident`` names, if this daemon still holds it in memory
+        (see :meth:`resolve`; raises BadInput if the prefix is ambiguous)."""
+        name = self.resolve(ident)
+        return None if name is None else self.jobs.get(name)
 
     def counts(self) -> Counter[str]:
         return Counter(r.state for r in self.jobs.values())

@@ -220,6 +220,14 @@ class Spool:
                     pass
         return removed
 
+    def names(self, box: str) -> list[str]:
+        """Job file names in ``box`` (no sidecars, no dotfiles), unsorted; one listdir."""
+        try:
+            names = os.listdir(self.box(box))
+        except FileNotFoundError:
+            return []
+        return [n for n in names if not n.startswith(".") and not n.endswith(SIDE_SUFFIXES)]
+
     def sidecar(self, name: str) -> tuple[str, dict[str, Any]] | None:
         """The result or error record of a finished job, found by its spool name."""
         for box, suffix in (("done", ".result.json"), ("failed", ".error.json")):
