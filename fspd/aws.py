@@ -17,11 +17,12 @@ from aiobotocore.credentials import (
 )
 from aiobotocore.session import AioSession
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from fspd.config import Settings
 from fspd.errors import BadInput, PermissionProblem
-from fspd.retry import ApiError
+from fspd.retry import ApiError, Unreachable, endpoint_answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +70,9 @@ class AwsClients:
             max_pool_connections=pool,
             connect_timeout=r.connect_timeout_s,
             read_timeout=r.read_timeout_s,
-            # Control-plane calls use botocore's own retry machinery; block transfers have
-            # fspd's (see retry.py), so they are not retried twice.
-            retries={"mode": "standard", "max_attempts": r.max_attempts},
+            # One retry layer: fspd's Retrier (retry.py) retries every call and logs each
+            # retry; botocore makes exactly one attempt, so nothing is retried silently.
+            retries={"mode": "standard", "total_max_attempts": 1},
             user_agent_extra="fspd",
         )
 
@@ -134,9 +135,14 @@ async def call(client: Any, operation: str, **params: Any) -> dict[str, Any]:
     """Call ``client.<operation>`` and turn botocore's errors into :class:`ApiError`."""
     method = getattr(client, _snake(operation))
     try:
-        return await method(**params)
+        result = await method(**params)
     except ClientError as exc:
+        endpoint_answered(client.meta.endpoint_url)
         raise ApiError.from_client_error(exc, operation) from None
+    except (HTTPClientError, BotoConnectionError) as exc:  # no answer: refused, timed out
+        raise Unreachable(operation, client.meta.endpoint_url, exc) from None
+    endpoint_answered(client.meta.endpoint_url)
+    return result  # type: ignore[no-any-return]
 
 
 def _snake(name: str) -> str:

@@ -136,9 +136,7 @@ class ObjectStore:
         return await self.ctx.clients.client("s3", self.target)
 
     def _retrier(self) -> Retrier:
-        retrier = self.ctx.retrier()
-        retrier.max_attempts = min(retrier.max_attempts, 4)
-        return retrier
+        return self.ctx.retrier()  # botocore makes one attempt per call: this is the only layer
 
     def _error(self, exc: ApiError, rel: str) -> FspdError:
         url = self.loc.url(rel)

@@ -54,12 +54,9 @@ async def describe_snapshot(ctx: JobContext, target: AwsTarget, snapshot_id: str
 
 
 def _control(ctx: JobContext) -> Retrier:
-    """Control-plane calls already go through botocore's standard retries; this layer only
-    adds the not-found grace window and the mapping of permanent errors to messages."""
-    retrier = ctx.retrier()
-    retrier.max_attempts = 2
-    retrier.max_throttle_attempts = 5
-    return retrier
+    """Control-plane calls: botocore makes one attempt each (aws.py), so this is their only
+    retry layer, with the not-found grace window and messages for permanent errors."""
+    return ctx.retrier()
 
 
 def _tags(snap: dict[str, Any]) -> dict[str, str]:
