@@ -86,3 +86,75 @@ def test_a_transient_error_is_retried_once_per_failure(
     sent = stats["requests"]["ListSnapshotBlocks"] + stats["requests"]["DescribeSnapshots"]
     assert len(_retry_lines(result.stderr)) == injected
     assert sent == injected + 2  # one success each, plus one request per logged retry
+
+
+def _fail_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("fspd:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# (command, extra environment, exit code, what the one line must name)
+BAD_INPUT = [
+    pytest.param("copy {sid} -d eu-west-1 --tag aws:x=1", {}, 2, "destinations[0].tags",
+                 id="reserved-tag-prefix"),
+    pytest.param("upload disk.img --tag AWS:team=x", {}, 2, "'aws:' prefix is reserved",
+                 id="reserved-tag-prefix-any-case"),
+    pytest.param("list {sid} --profile nope", {}, 2, "source.profile: profile 'nope'",
+                 id="unknown-profile"),
+    pytest.param("list {sid}", {"AWS_PROFILE": "nope"}, 2, "profile 'nope'",
+                 id="unknown-profile-from-env"),
+    pytest.param("copy {sid} -d eu-west-1 --destination-profile nope", {}, 2,
+                 "destinations[0].profile", id="unknown-destination-profile"),
+    pytest.param("list {sid}", {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+                                "AWS_EC2_METADATA_DISABLED": "true"}, 3,
+                 "no AWS credentials found", id="no-credentials"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("command", "env", "code", "names"), BAD_INPUT)
+def test_bad_input_is_refused_before_any_request(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path, command: str,
+        env: dict[str, str], code: int, names: str) -> None:
+    sid = emulator.synthetic(volume_size=1)
+    (tmp_path / "disk.img").write_bytes(b"x" * 4096)
+    emulator.reset_stats()
+    result = fspd("fspd " + command.format(sid=sid), extra_env=env)
+    assert result.returncode == code, result.stderr
+    assert names in _fail_line(result.stderr)
+    assert emulator.stats()["requests"] == {}, "bad input must not reach AWS"
+
+
+@pytest.mark.timeout(30)
+def test_missing_credentials_fail_at_once_naming_the_sources_tried(
+        cli_env: dict[str, str], tmp_path: Path, emulator: EmulatorControl) -> None:
+    sid = emulator.synthetic(volume_size=1)
+    env = {k: v for k, v in cli_env.items()
+           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    emulator.reset_stats()
+    result = _runner(env, tmp_path)(f"fspd list {sid}")
+    assert result.returncode == 3, result.stderr
+    line = _fail_line(result.stderr)
+    for source in ("environment", "shared credentials file", "config file",
+                   "container credentials", "instance metadata (IMDS)"):
+        assert source in line, line
+    assert _retry_lines(result.stderr) == []
+    assert emulator.stats()["requests"] == {}
+
+
+@pytest.mark.timeout(60)
+def test_a_region_not_enabled_is_named_as_such(
+        fspd: Runner, emulator: EmulatorControl) -> None:
+    sid = emulator.synthetic(volume_size=1)
+    emulator.config(regions=["us-east-1", "eu-west-1"])
+    for command, field in ((f"list {sid} -r ap-southeast-2", "source.region"),
+                           (f"copy {sid} -d ap-southeast-2", "destinations[0].region")):
+        result = fspd("fspd " + command)
+        assert result.returncode == 2, result.stderr
+        line = _fail_line(result.stderr)
+        assert f"{field}: region ap-southeast-2 is not enabled for this account" in line
+        assert "DescribeRegions" not in line.split("(")[0]
+    # No data moved, and nothing was started in the refused region.
+    assert emulator.snapshots(region="ap-southeast-2") == []
