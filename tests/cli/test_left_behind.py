@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from fspd.emulator.control import EmulatorControl
@@ -155,3 +156,21 @@ def test_failed_upload_names_the_pending_snapshot_it_left(
     [snap] = emulator.snapshots(region="us-east-1")
     assert snap["status"] == "pending"
     assert f"left pending snapshot {snap['id']} in us-east-1" in _error_line(result.stderr)
+
+
+@pytest.mark.timeout(180)
+def test_getfroms3_of_a_damaged_archive_removes_the_file_it_created(
+        fspd_s3: Runner, emulator: EmulatorControl, moto: str, tmp_path: Path) -> None:
+    s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
+    s3.create_bucket(Bucket="backups")
+    sid = emulator.synthetic(volume_size=1, allocation="sparse", density=0.01, seed=9)
+    made = fspd_s3(f"fspd movetos3 {sid} s3://backups/web01")
+    assert made.returncode == 0, made.stderr
+    segments = [o["Key"] for o in s3.list_objects_v2(Bucket="backups", Prefix="web01/")
+                ["Contents"] if not o["Key"].endswith("manifest.jsonl")]
+    s3.put_object(Bucket="backups", Key=segments[-1], Body=b"not a zstd segment")
+    target = tmp_path / "restored.img"
+    result = fspd_s3(f"fspd getfroms3 s3://backups/web01 {target}")
+    assert result.returncode == 4, result.stderr
+    assert not target.exists()
+    assert f"removed the unfinished {target}" in _error_line(result.stderr)
