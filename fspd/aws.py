@@ -7,6 +7,7 @@ botocore resolves them; fspd only adds a per-endpoint profile, endpoint URL and 
 
 from __future__ import annotations
 
+import os
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,12 @@ from aiobotocore.credentials import (
 )
 from aiobotocore.session import AioSession
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, ProfileNotFound
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from fspd.config import Settings
 from fspd.errors import BadInput, PermissionProblem
-from fspd.retry import ApiError
+from fspd.retry import ApiError, Unreachable, endpoint_answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +71,17 @@ class AwsClients:
             max_pool_connections=pool,
             connect_timeout=r.connect_timeout_s,
             read_timeout=r.read_timeout_s,
-            # Control-plane calls use botocore's own retry machinery; block transfers have
-            # fspd's (see retry.py), so they are not retried twice.
-            retries={"mode": "standard", "max_attempts": r.max_attempts},
+            # One retry layer: fspd's Retrier (retry.py) retries every call and logs each
+            # retry; botocore makes exactly one attempt, so nothing is retried silently.
+            retries={"mode": "standard", "total_max_attempts": 1},
             user_agent_extra="fspd",
         )
 
     async def session(self, target: AwsTarget) -> AioSession:
         key = (target.profile, target.role_arn, target.external_id)
         if key not in self._sessions:
+            session = profile_session(target.profile)
             try:
-                session = AioSession(profile=target.profile)
                 if target.role_arn:
                     await self._assume_role(session, target)
             except BotoCoreError as exc:
@@ -121,22 +123,79 @@ class AwsClients:
         return self._clients[key]
 
     async def credentials(self, target: AwsTarget) -> Any:
+        """The credentials for ``target``; none found is a PermissionProblem at once (no
+        request is retried for want of them), naming every source botocore looked in."""
         session = await self.session(target)
-        creds = await session.get_credentials()
+        try:
+            creds = await session.get_credentials()
+        except BotoCoreError as exc:  # a broken profile, credential_process, SSO cache…
+            raise PermissionProblem(f"cannot load AWS credentials for {target.describe()}: "
+                                    f"{exc}") from None
         if creds is None:
             raise PermissionProblem(
-                f"no AWS credentials found for {target.describe()} (set AWS_PROFILE, "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an instance role)")
+                f"no AWS credentials found for {target.describe()}; tried: "
+                f"{'; '.join(credential_sources(session))}")
         return creds
+
+
+def profile_session(profile: str | None) -> AioSession:
+    """A botocore session for ``profile``; an unknown profile is bad input, named."""
+    session = AioSession(profile=profile)
+    try:
+        session.get_scoped_config()
+    except ProfileNotFound:
+        name = repr(profile) if profile else f"{session.profile!r} (from AWS_PROFILE)"
+        raise BadInput(
+            f"profile {name} is not defined in "
+            f"{session.get_config_variable('config_file')} or "
+            f"{session.get_config_variable('credentials_file')}", field="profile") from None
+    except BotoCoreError as exc:  # an unreadable or malformed config file
+        raise BadInput(str(exc), field="profile") from None
+    return session
+
+
+_SOURCE_NAMES = {
+    "env": "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+    "assume-role": "role_arn in the profile",
+    "assume-role-with-web-identity": "web identity (AWS_WEB_IDENTITY_TOKEN_FILE)",
+    "sso": "SSO in the profile",
+    "custom-process": "credential_process in the profile",
+    "container-role": "container credentials (AWS_CONTAINER_CREDENTIALS_*_URI)",
+}
+
+
+def credential_sources(session: AioSession) -> list[str]:
+    """The sources botocore's credential chain looks in, in order, in words."""
+    profile = session.profile or "default"
+    files = {"shared-credentials-file": ("shared credentials file", "credentials_file"),
+             "config-file": ("config file", "config_file")}
+    imds_off = os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+    out = []
+    for provider in session.get_component("credential_provider").providers:
+        method = getattr(provider, "METHOD", "")
+        if method in files:
+            label, variable = files[method]
+            out.append(f"{label} {session.get_config_variable(variable)} [{profile}]")
+        elif method == "iam-role":
+            out.append("instance metadata (IMDS)"
+                       + (", disabled by AWS_EC2_METADATA_DISABLED" if imds_off else ""))
+        elif method in _SOURCE_NAMES:
+            out.append(_SOURCE_NAMES[method])
+    return out
 
 
 async def call(client: Any, operation: str, **params: Any) -> dict[str, Any]:
     """Call ``client.<operation>`` and turn botocore's errors into :class:`ApiError`."""
     method = getattr(client, _snake(operation))
     try:
-        return await method(**params)
+        result = await method(**params)
     except ClientError as exc:
+        endpoint_answered(client.meta.endpoint_url)
         raise ApiError.from_client_error(exc, operation) from None
+    except (HTTPClientError, BotoConnectionError) as exc:  # no answer: refused, timed out
+        raise Unreachable(operation, client.meta.endpoint_url, exc) from None
+    endpoint_answered(client.meta.endpoint_url)
+    return result  # type: ignore[no-any-return]
 
 
 def _snake(name: str) -> str:

@@ -23,7 +23,7 @@ import aiohttp
 import yarl
 from botocore.exceptions import ClientError
 
-from fspd.retry import ApiError
+from fspd.retry import ApiError, Unreachable, endpoint_answered
 from fspd.sigv4 import Signer
 
 
@@ -84,6 +84,7 @@ class SignedHttpBlockApi:
         self._prefix = parts.path.rstrip("/")
         self._signer = Signer(region, "ebs")
         self._credentials = credentials
+        self._seen = False
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
                                            ttl_dns_cache=300),
@@ -110,11 +111,15 @@ class SignedHttpBlockApi:
         url = f"{self._base}{path}?blockToken={quote(token, safe='-_.~')}"
         headers = await self._sign("GET", path, {"blockToken": token},
                                    {"X-Amz-Content-SHA256": _EMPTY_SHA256})
-        async with self._session.get(yarl.URL(url, encoded=True), headers=headers) as resp:
-            if resp.status != 200:
-                raise await _api_error("GetSnapshotBlock", resp)
-            data = await resp.read()
-            return data, resp.headers.get("x-amz-Checksum", "")
+        try:
+            async with self._session.get(yarl.URL(url, encoded=True), headers=headers) as resp:
+                self._answered()
+                if resp.status != 200:
+                    raise await _api_error("GetSnapshotBlock", resp)
+                data = await resp.read()
+                return data, resp.headers.get("x-amz-Checksum", "")
+        except aiohttp.ClientError as exc:
+            raise Unreachable("GetSnapshotBlock", self._base, exc) from None
 
     async def put_block(self, snapshot_id: str, index: int, data: bytes, checksum: str,
                         progress: int | None = None) -> None:
@@ -132,10 +137,19 @@ class SignedHttpBlockApi:
             headers["x-amz-Progress"] = str(progress)
         signed = await self._sign("PUT", path, {}, headers)
         url = yarl.URL(self._base + path, encoded=True)
-        async with self._session.put(url, data=data, headers=signed) as resp:
-            if resp.status != 201:
-                raise await _api_error("PutSnapshotBlock", resp)
-            await resp.release()
+        try:
+            async with self._session.put(url, data=data, headers=signed) as resp:
+                self._answered()
+                if resp.status != 201:
+                    raise await _api_error("PutSnapshotBlock", resp)
+                await resp.release()
+        except aiohttp.ClientError as exc:
+            raise Unreachable("PutSnapshotBlock", self._base, exc) from None
+
+    def _answered(self) -> None:
+        if not self._seen:  # once per session: the hot path pays nothing after that
+            self._seen = True
+            endpoint_answered(self._base)
 
     async def close(self) -> None:
         await self._session.close()

@@ -102,7 +102,15 @@ class EbsDestinationSpec(AwsEndpointSpec):
     def _few_tags(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > 50:
             raise ValueError("at most 50 tags")
-        return value
+        return _no_reserved_tags(value)
+
+
+def _no_reserved_tags(tags: dict[str, str]) -> dict[str, str]:
+    """AWS reserves the ``aws:`` prefix (any case): refused here, before any request."""
+    for key in tags:
+        if key.lower().startswith("aws:"):
+            raise ValueError(f"tag key {key!r}: the 'aws:' prefix is reserved by AWS")
+    return tags
 
 
 S3Bucket = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
@@ -154,7 +162,7 @@ class S3DestinationSpec(AwsEndpointSpec):
     def _s3_tags(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > 10:
             raise ValueError("S3 allows at most 10 tags per object")
-        return value
+        return _no_reserved_tags(value)
 
     @field_validator("segment_blocks")
     @classmethod

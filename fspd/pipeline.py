@@ -153,7 +153,7 @@ class Pipeline:
         except BaseException as error:  # the sinks already open are aborted, not leaked
             for st in opened:
                 with contextlib.suppress(Exception):
-                    await st.sink.abort(error)
+                    await self._abort(st, error)
             raise
         has = [getattr(st.sink, "has", None) for st in self.sinks]
         self._has = [h for h in has if h is not None] if all(has) else []
@@ -207,12 +207,12 @@ class Pipeline:
         results = []
         for position, st in enumerate(self.sinks):
             if st.error is not None:
-                results.append(await st.sink.abort(st.error))
+                results.append(await self._abort(st, st.error))
                 continue
             try:
                 results.append(await st.sink.commit())
             except (FspdError, OSError) as exc:
-                record = await st.sink.abort(exc)
+                record = await self._abort(st, exc)
                 if st.policy == "drop" and len(self.sinks) > 1:
                     st.error = exc
                     self.progress.error(f"{st.sink.name}: {exc}")
@@ -220,7 +220,7 @@ class Pipeline:
                     continue
                 notes = [str(record["note"])] if record.get("note") else []
                 for rest in self.sinks[position + 1:]:
-                    later = await rest.sink.abort(exc)
+                    later = await self._abort(rest, exc)
                     if later.get("note"):
                         notes.append(str(later["note"]))
                 if isinstance(exc, FspdError) and notes:
@@ -250,13 +250,19 @@ class Pipeline:
     def _already_done(self, index: int) -> bool:
         return bool(self._has) and all(has(index) for has in self._has)
 
+    async def _abort(self, st: SinkState, error: BaseException) -> dict[str, Any]:
+        record = await st.sink.abort(error)
+        if record.get("note"):
+            self.progress.left_behind.append(str(record["note"]))
+        return record
+
     async def _abort_all(self, error: BaseException) -> list[str]:
         """Abort every sink; return what they say the user should know (a snapshot left
         pending, say), so the job's error carries it."""
         notes = []
         for st in self.sinks:
             try:
-                record = await st.sink.abort(st.error or error)
+                record = await self._abort(st, st.error or error)
             except Exception as exc:
                 log.warning("abort_failed", sink=st.sink.name, error=str(exc))
                 continue

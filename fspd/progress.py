@@ -46,6 +46,9 @@ class Progress:
     snapshot_ids: dict[str, str] = field(default_factory=dict)
     stages: dict[str, StageStats] = field(default_factory=dict)
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What a failed or cancelled job left behind (a pending snapshot, a partial file), in
+    # words for its error line, since a cancellation carries no message of its own.
+    left_behind: list[str] = field(default_factory=list)
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
 
     def start(self) -> None:

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -20,8 +22,10 @@ from typing import TypeVar
 from botocore.retries.throttling import CubicCalculator
 
 from fspd.errors import FspdError, PermissionProblem, TransferFailed
+from fspd.log import get_logger
 
 T = TypeVar("T")
+log = get_logger("fspd.retry")
 
 THROTTLE_CODES = frozenset({
     "ThrottlingException", "RequestThrottledException", "Throttling", "SlowDown",
@@ -92,6 +96,66 @@ class CorruptBlock(Exception):
     """A block whose bytes do not match its checksum."""
 
 
+class Unreachable(Exception):
+    """A request that got no answer from ``endpoint``: refused, reset, timed out, no DNS."""
+
+    def __init__(self, operation: str, endpoint: str, cause: BaseException) -> None:
+        self.operation = operation
+        self.endpoint = endpoint.rstrip("/")
+        self.cause = cause
+        self.never_answers = _never_answers(cause)
+        super().__init__(f"{operation} to {self.endpoint}: {_describe_cause(cause)}")
+
+
+# Endpoints that have answered this process at least once (any HTTP response). A refused
+# connection to one of them is an outage worth retrying; to any other, a wrong address.
+_answered: set[str] = set()
+
+
+def endpoint_answered(endpoint: str) -> None:
+    _answered.add(endpoint.rstrip("/"))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps (botocore's ``error`` kwarg, aiohttp's ``os_error``)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 10:
+        cur = todo.pop()
+        if cur is None or cur in seen:
+            continue
+        seen.append(cur)
+        kwargs = getattr(cur, "kwargs", None)
+        todo += [getattr(cur, "os_error", None), cur.__cause__, cur.__context__,
+                 kwargs.get("error") if isinstance(kwargs, dict) else None]
+    return seen
+
+
+def _never_answers(exc: BaseException) -> bool:
+    """Connection refused, or a host name that does not resolve: nothing to wait for."""
+    for cur in _chain(exc):
+        if isinstance(cur, ConnectionRefusedError) or getattr(cur, "errno", None) == \
+                errno.ECONNREFUSED:
+            return True
+        if isinstance(cur, socket.gaierror) and cur.errno in (socket.EAI_NONAME,
+                                                               getattr(socket, "EAI_NODATA", -5)):
+            return True
+    return False
+
+
+def _describe_cause(exc: BaseException) -> str:
+    for cur in _chain(exc):
+        if isinstance(cur, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cur, socket.gaierror):
+            return f"host name lookup failed: {cur.strerror}"
+    for cur in _chain(exc):
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "…"
+
+
 def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, ApiError):
         if exc.code in THROTTLE_CODES or exc.status == 429:
@@ -108,12 +172,20 @@ def classify(exc: BaseException) -> Verdict:
                                              "ServiceUnavailable", "RequestTimeout"):
             return Verdict.TRANSIENT
         return Verdict.FATAL
+    if isinstance(exc, Unreachable):
+        first_contact = exc.endpoint not in _answered
+        return Verdict.FATAL if exc.never_answers and first_contact else Verdict.TRANSIENT
     if isinstance(exc, CorruptBlock | asyncio.TimeoutError | TimeoutError | ConnectionError):
         return Verdict.TRANSIENT
-    # aiohttp and botocore network errors, without importing them here.
+    # aiohttp and botocore network errors, without importing them here. botocore's other
+    # errors (no credentials, unknown profile, bad parameters) do not go away on a retry.
     module = type(exc).__module__
-    if module.startswith(("aiohttp", "botocore.exceptions", "urllib3")):
+    if module.startswith(("aiohttp", "urllib3")):
         return Verdict.TRANSIENT
+    if module.startswith("botocore.exceptions"):
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        network = {"HTTPClientError", "ConnectionError", "IncompleteReadError"}
+        return Verdict.TRANSIENT if names & network else Verdict.FATAL
     return Verdict.FATAL
 
 
@@ -130,6 +202,14 @@ def fatal_error(exc: BaseException) -> FspdError:
                 f"for {action}. AWS said: {exc.message}")
         return TransferFailed(f"{exc.operation} failed: {exc.code}"
                               f"{' (' + exc.reason + ')' if exc.reason else ''}: {exc.message}")
+    if isinstance(exc, Unreachable):
+        return TransferFailed(
+            f"cannot reach {exc.endpoint} ({_describe_cause(exc.cause)}) on the first "
+            f"{exc.operation} request: nothing listens there; check the endpoint "
+            "(--endpoint-url, AWS_ENDPOINT_URL[_EBS|_EC2|_S3]) and the region")
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "NoCredentialsError" in names or "PartialCredentialsError" in names:
+        return PermissionProblem(f"no usable AWS credentials: {exc}")
     return TransferFailed(f"{type(exc).__name__}: {exc}")
 
 
@@ -241,19 +321,24 @@ class Retrier:
                         raise TransferFailed(
                             f"still throttled after {throttles} attempts: {exc}") from None
                     self.on_retry("throttled")
-                    await asyncio.sleep(backoff_delay(min(throttles, 8), self.backoff_base,
-                                                      self.backoff_cap))
+                    delay = backoff_delay(min(throttles, 8), self.backoff_base, self.backoff_cap)
+                    # Throttling is pacing, not trouble: at debug, or it would flood the log.
+                    _log_retry(exc, throttles, self.max_throttle_attempts, delay, debug=True)
+                    await asyncio.sleep(delay)
                     continue
                 if verdict is Verdict.TOKEN_EXPIRED and refresh_token and refreshes < 2:
                     refreshes += 1
                     self.on_retry("token_refreshed")
+                    _log_retry(exc, refreshes, 3, 0.0)
                     await refresh_token()
                     continue
                 if verdict is Verdict.NOT_FOUND and time.monotonic() < not_found_grace_until:
                     self.on_retry("not_found")
-                    await asyncio.sleep(backoff_delay(min(attempts, 5) + 1, self.backoff_base,
-                                                      self.backoff_cap))
+                    delay = backoff_delay(min(attempts, 5) + 1, self.backoff_base,
+                                          self.backoff_cap)
                     attempts += 1
+                    _log_retry(exc, attempts, None, delay)
+                    await asyncio.sleep(delay)
                     continue
                 if verdict is Verdict.TRANSIENT:
                     attempts += 1
@@ -262,10 +347,30 @@ class Retrier:
                             f"gave up after {attempts} attempts: {type(exc).__name__}: {exc}"
                         ) from None
                     self.on_retry("corrupt" if isinstance(exc, CorruptBlock) else "transient")
-                    await asyncio.sleep(backoff_delay(attempts, self.backoff_base,
-                                                      self.backoff_cap))
+                    delay = backoff_delay(attempts, self.backoff_base, self.backoff_cap)
+                    _log_retry(exc, attempts, self.max_attempts, delay)
+                    await asyncio.sleep(delay)
                     continue
                 raise fatal_error(exc) from None
             if self.rate is not None:
                 self.rate.on_success()
             return result
+
+
+def _what(exc: BaseException) -> str:
+    if isinstance(exc, ApiError | Unreachable):
+        return exc.operation
+    if isinstance(exc, CorruptBlock):
+        return "block read (checksum mismatch)"
+    return type(exc).__name__
+
+
+def _log_retry(exc: BaseException, attempt: int, of: int | None, delay: float, *,
+               debug: bool = False) -> None:
+    """One line per retry: what failed, which attempt of how many, when the next one goes."""
+    what = _what(exc)
+    limit = f" of {of}" if of else " (within the not-found window)"
+    detail = (f"{what} failed on attempt {attempt}{limit}: {exc}; next try in {delay:.2f} s")
+    emit = log.debug if debug else log.info
+    emit("request_retrying", detail=detail, operation=what, attempt=attempt, attempts=of,
+         next_try_s=round(delay, 3))

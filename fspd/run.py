@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import tempfile
 import time
@@ -14,9 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from aiobotocore.session import AioSession
-
-from fspd.aws import AwsClients, AwsTarget, call
+from fspd.aws import AwsClients, AwsTarget, call, profile_session
 from fspd.blocks import BLOCK_SIZE, Kind
 from fspd.budget import JobControl, SharedLimits
 from fspd.checkpoint import Checkpoint, spec_digest
@@ -32,7 +31,7 @@ from fspd.endpoints.ebs import (
 )
 from fspd.endpoints.files import FileSink, FileSource
 from fspd.endpoints.s3 import archive_sink, archive_source
-from fspd.errors import BadInput, TransferFailed
+from fspd.errors import BadInput, FspdError, PermissionProblem, TransferFailed
 from fspd.jobs import (
     AwsEndpointSpec,
     EbsChainSourceSpec,
@@ -45,6 +44,7 @@ from fspd.jobs import (
 from fspd.log import get_logger
 from fspd.pipeline import Gap, Pipeline, Sink, Source, VolumeInfo
 from fspd.progress import Progress
+from fspd.retry import ApiError, fatal_error
 
 log = get_logger("fspd.run")
 
@@ -56,7 +56,7 @@ PER_SNAPSHOT_CAP_RPS = 1000
 
 
 def default_region(profile: str | None = None) -> str:
-    region = AioSession(profile=profile).get_config_variable("region")
+    region = profile_session(profile).get_config_variable("region")
     return str(region or "us-east-1")
 
 
@@ -255,27 +255,81 @@ async def _with_deadline(coro: Any, settings: Settings) -> dict[str, Any]:
 
 
 async def check_regions(ctx: JobContext, spec: JobSpec) -> None:
-    """Every region a job names must exist for its account (one DescribeRegions per account
-    and endpoint), before anything starts."""
+    """Before anything starts: every AWS end of a job has a known profile and credentials
+    (no request is sent otherwise), and every region it names is enabled for its account
+    (one DescribeRegions per account and endpoint)."""
     ends: list[tuple[str, AwsEndpointSpec]] = []
     if isinstance(spec.source, AwsEndpointSpec):
         ends.append(("source", spec.source))
     ends += [(f"destinations[{i}]", d) for i, d in enumerate(spec.destinations)
              if isinstance(d, AwsEndpointSpec)]
-    # S3 archive endpoints are S3 only (maybe an S3-compatible store): no EC2 to ask.
-    ends = [(f, e) for f, e in ends if not isinstance(e, S3SourceSpec | S3DestinationSpec)]
-    known: dict[tuple[Any, ...], set[str]] = {}
+    targets: list[tuple[str, AwsEndpointSpec, AwsTarget]] = []
     for field, end in ends:
-        target = target_for(end)
+        try:
+            target = target_for(end)
+            await ctx.clients.credentials(target)
+        except BadInput as exc:
+            if exc.field == "profile":
+                raise BadInput(str(exc).removeprefix("profile: "),
+                               field=f"{field}.profile") from None
+            raise
+        targets.append((field, end, target))
+    # S3 archive endpoints are S3 only (maybe an S3-compatible store): no EC2 to ask.
+    known: dict[tuple[Any, ...], set[str]] = {}
+    for field, end, target in targets:
+        if isinstance(end, S3SourceSpec | S3DestinationSpec):
+            continue
         account = (target.profile, target.role_arn, target.endpoint_url)
         if account not in known:
-            ec2 = await ctx.clients.client("ec2", target)
-            resp = await ctx.retrier().run(lambda ec2=ec2: call(ec2, "DescribeRegions"))
-            known[account] = {r["RegionName"] for r in resp.get("Regions", [])}
+            try:
+                known[account] = await _enabled_regions(ctx, target)
+            except _RegionRefused as exc:
+                if await _region_disabled(ctx, target):
+                    raise BadInput(f"region {target.region} is not enabled for this account "
+                                   "(an opt-in region: enable it under Account > AWS Regions, "
+                                   "or name another region)", field=f"{field}.region") from None
+                raise PermissionProblem(str(exc)) from None
         if target.region not in known[account]:
-            raise BadInput(f"region {target.region} is not available to this account "
-                           f"(DescribeRegions lists {', '.join(sorted(known[account]))})",
-                           field=f"{field}.region")
+            raise BadInput(f"region {target.region} is not enabled for this account, or does "
+                           f"not exist (DescribeRegions lists "
+                           f"{', '.join(sorted(known[account]))})", field=f"{field}.region")
+
+
+class _RegionRefused(PermissionProblem):
+    """EC2 in the job's region did not accept the credentials (AuthFailure): they are
+    wrong, or the region is not enabled for the account. AWS says the same for both."""
+
+
+_AUTH_CODES = frozenset({"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId"})
+# Enabled for every account, so a place to ask whether another region is.
+_ALWAYS_ENABLED_REGION = "us-east-1"
+
+
+async def _enabled_regions(ctx: JobContext, target: AwsTarget) -> set[str]:
+    ec2 = await ctx.clients.client("ec2", target)
+
+    async def describe() -> dict[str, Any]:
+        try:
+            return await call(ec2, "DescribeRegions")
+        except ApiError as exc:
+            if exc.code in _AUTH_CODES:
+                raise _RegionRefused(str(fatal_error(exc))) from None
+            raise
+    resp = await ctx.retrier().run(describe)
+    return {r["RegionName"] for r in resp.get("Regions", [])}
+
+
+async def _region_disabled(ctx: JobContext, target: AwsTarget) -> bool:
+    """Whether the same credentials work in a region every account has, and that region's
+    DescribeRegions does not list ``target.region`` as enabled."""
+    if target.region == _ALWAYS_ENABLED_REGION:
+        return False
+    try:
+        enabled = await _enabled_regions(
+            ctx, dataclasses.replace(target, region=_ALWAYS_ENABLED_REGION))
+    except FspdError:
+        return False
+    return target.region not in enabled
 
 
 async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None

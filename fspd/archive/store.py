@@ -28,7 +28,7 @@ from fspd.archive.segments import SegmentMissing
 from fspd.aws import AwsTarget, call
 from fspd.endpoints.context import JobContext
 from fspd.errors import BadInput, FspdError, PermissionProblem, TransferFailed
-from fspd.retry import ApiError, Retrier
+from fspd.retry import ApiError, Retrier, Unreachable
 
 MIB = 1 << 20
 MIN_PART = 5 * MIB
@@ -136,9 +136,7 @@ class ObjectStore:
         return await self.ctx.clients.client("s3", self.target)
 
     def _retrier(self) -> Retrier:
-        retrier = self.ctx.retrier()
-        retrier.max_attempts = min(retrier.max_attempts, 4)
-        return retrier
+        return self.ctx.retrier()  # botocore makes one attempt per call: this is the only layer
 
     def _error(self, exc: ApiError, rel: str) -> FspdError:
         url = self.loc.url(rel)
@@ -334,7 +332,7 @@ class ObjectStore:
             del self._uploads[key]
         s3 = await self.client()
         # If this fails too, an S3 lifecycle rule cleans up abandoned uploads.
-        with contextlib.suppress(ApiError, OSError):
+        with contextlib.suppress(ApiError, OSError, Unreachable):
             await call(s3, "AbortMultipartUpload", Bucket=self.loc.bucket, Key=key,
                        UploadId=upload_id)
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from fspd import config, display, jobs, loop
 from fspd.commands import sizeof
-from fspd.errors import BadInput
+from fspd.errors import BadInput, Cancelled
 from fspd.progress import Progress
 from fspd.run import run_job
 
@@ -238,6 +239,11 @@ def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None 
     async def main() -> dict[str, Any]:
         bar = (asyncio.create_task(display.show_progress(progress, label=spec.verb))
                if show else None)
+        # SIGTERM stops a foreground job as Ctrl-C does: its destinations are aborted and
+        # the error line says what was left behind.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         try:
             return await run_job(spec, settings, progress=progress, job_id=job_id,
                                  state_dir=state_dir)
@@ -246,7 +252,11 @@ def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None 
                 bar.cancel()
                 await asyncio.gather(bar, return_exceptions=True)
 
-    result = loop.run(main())
+    try:
+        result = loop.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        left = "; ".join(progress.left_behind)
+        raise Cancelled("interrupted" + (f"; {left}" if left else "")) from None
     if after is not None:
         after(result)
     if args.json:

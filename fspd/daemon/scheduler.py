@@ -274,9 +274,10 @@ class Scheduler:
             if rec.cancel_reason is None:  # the daemon is stopping: next start runs it
                 self._requeue(rec)
             else:
+                left = "".join(f"; {note}" for note in rec.progress.left_behind)
                 self._end(rec, "failed", "cancelled", {
                     "error": "Cancelled", "field": None,
-                    "message": f"cancelled: {rec.cancel_reason}"})
+                    "message": f"cancelled: {rec.cancel_reason}{left}"})
             return
         except FspdError as exc:
             self._end(rec, "failed", "failed", exc.to_dict())

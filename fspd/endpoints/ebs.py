@@ -55,12 +55,9 @@ async def describe_snapshot(ctx: JobContext, target: AwsTarget, snapshot_id: str
 
 
 def _control(ctx: JobContext) -> Retrier:
-    """Control-plane calls already go through botocore's standard retries; this layer only
-    adds the not-found grace window and the mapping of permanent errors to messages."""
-    retrier = ctx.retrier()
-    retrier.max_attempts = 2
-    retrier.max_throttle_attempts = 5
-    return retrier
+    """Control-plane calls: botocore makes one attempt each (aws.py), so this is their only
+    retry layer, with the not-found grace window and messages for permanent errors."""
+    return ctx.retrier()
 
 
 def _tags(snap: dict[str, Any]) -> dict[str, str]:
@@ -535,9 +532,15 @@ class EbsSnapshotSink:
     async def abort(self, error: BaseException) -> dict[str, Any]:
         self._close_digests(remove=False)
         note = None
-        if self.snapshot_id:
-            note = (f"snapshot {self.snapshot_id} in {self.target.region} was left pending; "
-                    f"AWS cancels it when its Timeout ({self.timeout_minutes} min) passes")
+        if self.snapshot_id and not self.already_complete:
+            expiry = f"AWS deletes it after its Timeout ({self.timeout_minutes} min)"
+            if self.ctx.checkpoint is not None:
+                note = (f"kept pending snapshot {self.snapshot_id} in {self.target.region} "
+                        f"for resume (checkpoint in {self.ctx.state_dir}); {expiry} unless "
+                        "the job is run again")
+            else:
+                note = (f"left pending snapshot {self.snapshot_id} in {self.target.region}; "
+                        f"{expiry}")
             log.warning("snapshot_left_pending", destination=self.name,
                         snapshot_id=self.snapshot_id, region=self.target.region)
         return {"destination": self.name, "type": "ebs", "region": self.target.region,

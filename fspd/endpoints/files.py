@@ -204,6 +204,7 @@ class FileSink:
                                              must_exist=(mode == "in-place"))
         self._fd = -1
         self._fresh = False
+        self._created = False  # this run created the target file
         # A failed fsync is reported once and then forgotten by the kernel (the next one
         # succeeds with the data lost), so the first failure sticks: nothing after it counts.
         self._broken: TransferFailed | None = None
@@ -214,9 +215,16 @@ class FileSink:
     async def open(self, info: VolumeInfo) -> None:
         self.volume_size = info.volume_size
         self.written = Bitmap(info.block_count)
-        flags = os.O_RDWR | os.O_CLOEXEC | (0 if self.device else os.O_CREAT)
+        flags = os.O_RDWR | os.O_CLOEXEC
         try:
-            self._fd = os.open(self.path, flags, 0o644)
+            if not self.device:
+                try:  # O_EXCL tells whether this run made the file (removed if it fails)
+                    self._fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+                    self._created = True
+                except FileExistsError:
+                    pass
+            if self._fd < 0:
+                self._fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
             raise BadInput(f"cannot open {self.raw_path} for writing: {exc.strerror}",
                            field=f"{self.name}.path") from None
@@ -373,8 +381,27 @@ class FileSink:
             self._fd = -1
 
     async def abort(self, error: BaseException) -> dict[str, Any]:
+        """Say what is left at the target. A file this run created is removed when nothing
+        can resume it (no state dir); one kept for resume, or one that existed before (never
+        removed), is named in the job's error."""
         self._close()
+        done = f"{self.written.count} of {self.written.size} blocks written"
+        if self._created and self.ctx.checkpoint is None:
+            try:
+                self.path.unlink()
+                note = f"removed the unfinished {self.path}, which this run created"
+            except FileNotFoundError:
+                note = None
+            except OSError as exc:
+                note = f"left the unfinished {self.path} ({done}; removing it failed: " \
+                       f"{exc.strerror})"
+        elif self.ctx.checkpoint is not None:
+            note = (f"kept the unfinished {self.path} ({done}) for resume: run the same job "
+                    f"again; its checkpoint is in {self.ctx.state_dir}")
+        else:
+            note = (f"{self.path} was partially overwritten ({done}); it is not a complete "
+                    "image")
         return {"destination": self.name, "type": "file", "path": str(self.path),
-                "state": "failed", "error": str(error)}
+                "state": "failed", "error": str(error), "note": note}
 
 

@@ -126,7 +126,7 @@ async def test_a_failed_upload_says_which_snapshot_it_left_pending(
                    "destinations": [{"type": "ebs", "endpoint_url": emulator.url}]})
     pending = emulator.snapshots()[0]
     assert pending["status"] == "pending"
-    assert f"snapshot {pending['id']} in us-east-1 was left pending" in str(info.value)
+    assert f"left pending snapshot {pending['id']} in us-east-1" in str(info.value)
 
 
 async def test_expired_block_tokens_are_refreshed_by_listing_again(

@@ -167,7 +167,7 @@ async def test_fanout_with_a_region_listed_twice_or_unknown_fails_before_startin
     with pytest.raises(BadInput, match=r"destinations\[1\].*listed twice"):
         await run({"source": {"type": "file", "path": str(tmp_path / "disk.img")},
                    "destinations": [dest, dest]})
-    with pytest.raises(BadInput, match=r"destinations\[1\].region.*not available"):
+    with pytest.raises(BadInput, match=r"destinations\[1\].region.*not enabled for this account"):
         await run({"source": {"type": "file", "path": str(tmp_path / "disk.img")},
                    "destinations": [dest, {**dest, "region": "xx-nowhere-9"}]})
     assert emulator.snapshots(region=WEST) == []
