@@ -112,6 +112,7 @@ def default_client_token(job_id: str, destination: str) -> str:
 async def _count(source: Source, progress: Progress) -> dict[str, int]:
     blocks = zero = gaps = 0
     async for entry in source.entries():
+        progress.listed_to(entry.stop if isinstance(entry, Gap) else entry.index + 1)
         if isinstance(entry, Gap):
             gaps += entry.stop - entry.start
             continue
@@ -246,6 +247,7 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
         base = {"source": info.origin, "volume_size": info.volume_size,
                 "byte_length": info.byte_length, "encrypted": info.encrypted}
         if spec.dry_run or not spec.destinations:
+            ctx.progress.volume_blocks = info.block_count
             counts = await _count(source, ctx.progress)
             base.update(counts)
             base["bytes"] = counts["blocks"] * BLOCK_SIZE

@@ -72,7 +72,8 @@ class Service:
         counts = self.scheduler.counts()
         rate = sum(r.progress.rates()[1] for r in self.scheduler.running())
         limit = self.scheduler.bandwidth.rate
-        text = (f"{counts['running'] + counts['paused']} running, {counts['queued']} queued, "
+        text = (f"{counts['running']} running, {counts['paused']} paused, "
+                f"{counts['queued']} queued, "
                 f"{counts['completed']} done, {counts['failed'] + counts['cancelled']} failed; "
                 f"{human_bytes(rate)}/s")
         if limit:

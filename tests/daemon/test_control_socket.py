@@ -46,7 +46,7 @@ def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
     detail = d.cli("status", job)
     assert detail.returncode == 0 and "stage fetch" in detail.stdout, detail.stderr
     status = json.loads(d.cli("status", "--json").stdout)
-    assert status["bandwidth_bytes_per_s"] == 8_000_000 and status["counts"] == {"running": 1}
+    assert status["bandwidth_bytes_per_s"] == 8 << 20 and status["counts"] == {"running": 1}
 
     paused = d.cli("pause", job[:12])  # a unique prefix names the job
     assert paused.returncode == 0, paused.stderr
