@@ -17,13 +17,18 @@ async def show_progress(progress: Progress, *, label: str, interval: float = 0.5
     shown with a "~" (see :meth:`Progress.total`). Log lines are written above the bar
     (fspd.log clears it first), never onto it."""
     bar = ProgressBar(label)
+
+    def draw() -> None:
+        bar.show({**progress.estimate(), "blocks_done": progress.blocks_done,
+                  "rate_recent_bps": progress.rates()[1],
+                  "retries": sum(progress.retries.values())})
+
     try:
         while True:
-            bar.show({**progress.estimate(), "blocks_done": progress.blocks_done,
-                      "rate_recent_bps": progress.rates()[1],
-                      "retries": sum(progress.retries.values())})
+            draw()
             await asyncio.sleep(interval)
     finally:
+        draw()  # the final state (the exact total), left on screen
         bar.close()
 
 
