@@ -180,9 +180,9 @@ def _first_event(d: Daemon, job: str, want: Callable[[dict[str, Any]], bool],
             proc.kill()
 
 
-def test_a_running_daemon_job_shows_an_estimated_total_early_and_a_paused_one_rate_zero(
-        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path
-) -> None:
+def _slow_daemon_job(make_daemon: Callable[..., Daemon], emulator: EmulatorControl,
+                     tmp_path: Path) -> tuple[Daemon, str]:
+    """A daemon running a download slowed by latency and two fetchers, once it has moved."""
     config = tmp_path / "fspd.toml"
     config.write_text("[transfer]\nfetch_concurrency = 2\nqueue_blocks = 4\n")
     d = make_daemon("--config", str(config), "--rescan-interval", "1")
@@ -191,22 +191,39 @@ def test_a_running_daemon_job_shows_an_estimated_total_early_and_a_paused_one_ra
     job = d.submit(download_job(emulator, snap, tmp_path / "out.img"), "est.toml")
     wait_for(lambda: d.job(job)["state"] == "running" and d.job(job)["blocks_done"] >= 5,
              60, "the job to move")
+    return d, job
 
+
+def _row(d: Daemon, job: str) -> str:
+    return next(line for line in d.cli("status").stdout.splitlines()
+                if line.startswith(job[:20]))
+
+
+def test_a_running_daemon_job_shows_an_estimated_total_early_in_status_and_watch(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path
+) -> None:
+    d, job = _slow_daemon_job(make_daemon, emulator, tmp_path)
     detail = _status_json(d, job)
     assert detail["total_estimated"] is True and detail["blocks_total"] is None
     assert detail["blocks_total_estimate"] > detail["blocks_done"]
     assert detail["percent"] is not None and detail["eta_s"] is not None
     assert detail["progress"]["total_estimated"] is True
-    # The estimate is near the snapshot's real count (5 % of 16,384 blocks).
+    # The estimate is near the snapshot's real count (about 5 % of 16,384 blocks).
     assert 0.7 * 819 <= detail["blocks_total_estimate"] <= 1.3 * 819
-    table = d.cli("status").stdout
-    row = next(line for line in table.splitlines() if line.startswith(job[:20]))
+    row = _row(d, job)
     assert re.search(r"~\d+%", row) and re.search(r"~\d+(s|m)", row), row
     shown = d.cli("status", job).stdout
     assert re.search(r"blocks \d+/~\d+ \(~\d+%\)", shown) and "ETA ~" in shown, shown
     event = _first_event(d, job, lambda e: e.get("total_estimated") is True)
     assert event["blocks_total_estimate"] >= event["blocks_done"] and event["percent"] < 100
+    assert d.cli("cancel", job).returncode == 0
+    assert d.wait_finished(job, 60) == "failed"
 
+
+def test_a_paused_daemon_job_shows_rate_zero_and_is_not_counted_as_running(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path
+) -> None:
+    d, job = _slow_daemon_job(make_daemon, emulator, tmp_path)
     assert d.cli("pause", job).returncode == 0
     wait_for(lambda: d.job(job)["state"] == "paused"
              and d.job(job)["progress"]["stages"]["fetch"]["in_flight"] == 0,
@@ -216,8 +233,7 @@ def test_a_running_daemon_job_shows_an_estimated_total_early_and_a_paused_one_ra
     assert paused["progress"]["rate_recent_bps"] == 0 and paused["eta_s"] is None
     status = _status_json(d)
     assert status["summary"].startswith("0 running, 1 paused"), status["summary"]
-    row = next(line for line in d.cli("status").stdout.splitlines()
-               if line.startswith(job[:20]))
+    row = _row(d, job)
     assert "paused" in row and "0 B/s" in row, row
     metrics = _metrics(d)
     assert 'fspd_jobs{state="paused"} 1' in metrics
