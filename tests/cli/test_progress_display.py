@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,38 +28,51 @@ _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
+class Terminal:
+    """A command with stdout and stderr on a pseudo-terminal (so fspd draws its bars); a
+    thread collects everything it writes."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave,
+                                     stderr=slave, env=env, cwd=cwd)
+        os.close(slave)
+        self._master = master
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            self._chunks.append(data)
+
+    def text(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+    def wait(self, timeout: float = 120) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the command did not finish in time:\n" + self.text()
+                                 ) from None
+        self._reader.join(30)
+        os.close(self._master)
+        return code, self.text()
+
+
 def run_on_terminal(argv: list[str], env: dict[str, str], cwd: Path,
                     timeout: float = 120) -> tuple[int, str]:
-    """Run a command with stdout and stderr on a pseudo-terminal (so fspd draws its bar);
-    return its exit code and everything it wrote."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                            env=env, cwd=cwd)
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        else:
-            proc.kill()
-            raise AssertionError("the command did not finish in time")
-        code = proc.wait(30)
-    finally:
-        os.close(master)
-    return code, b"".join(chunks).decode(errors="replace")
+    """Run a command on a pseudo-terminal to its end: its exit code and what it wrote."""
+    return Terminal(argv, env, cwd).wait(timeout)
 
 
 def screen_lines(raw: str) -> list[str]:
@@ -216,7 +230,14 @@ def test_a_running_daemon_job_shows_an_estimated_total_early_in_status_and_watch
     assert re.search(r"blocks \d+/~\d+ \(~\d+%\)", shown) and "ETA ~" in shown, shown
     event = _first_event(d, job, lambda e: e.get("total_estimated") is True)
     assert event["blocks_total_estimate"] >= event["blocks_done"] and event["percent"] < 100
+    # On a terminal, `fspd watch JOB` draws the same estimate on its bar.
+    watch = Terminal([sys.executable, "-m", "fspd", "watch", job, "--socket", d.socket],
+                     d.env, tmp_path)
+    wait_for(lambda: re.search(r"~\d+% \|.*blocks \d+/~\d+", watch.text()), 30,
+             "an estimate on the watch bar")
     assert d.cli("cancel", job).returncode == 0
+    code, raw = watch.wait(60)
+    assert code == 5 and "Traceback" not in raw, raw  # the job's own code: cancelled
     assert d.wait_finished(job, 60) == "failed"
 
 
