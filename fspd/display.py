@@ -41,15 +41,12 @@ class ProgressBar:
                         dynamic_ncols=True, leave=True, bar_format="{desc}")
 
     def show(self, rec: dict[str, Any], *, refresh: bool = True) -> None:
-        total = rec.get("blocks_total_estimate")
-        if total and self.bar.total != total:
-            self.bar.total = total
-        done = rec.get("blocks_done") or 0
-        if total:
-            self.bar.n = min(done, total)
+        percent = rec.get("percent")
+        self.bar.total = 100
+        self.bar.n = percent or 0
         text = progress_text(rec).replace("{", "{{").replace("}", "}}")
         self.bar.bar_format = ("{desc}: " + percent_text(rec) + " |{bar:20}| " + text
-                               if total else "{desc}: " + text)
+                               if percent is not None else "{desc}: " + text)
         if refresh:
             self.bar.refresh()
 
@@ -84,15 +81,18 @@ def human_duration(seconds: float) -> str:
 
 def progress_text(rec: dict[str, Any]) -> str:
     """The words after the bar: bytes covered of the total, rate, ETA, blocks, retries."""
-    done = rec.get("blocks_done") or 0
+    listing = bool(rec.get("listing_only"))
+    done = (rec.get("blocks_listed") if listing else rec.get("blocks_done")) or 0
     total = rec.get("blocks_total_estimate")
     approx = "~" if rec.get("total_estimated") else ""
     covered = human_bytes(done * BLOCK_SIZE)
     size = f"{covered} of {approx}{human_bytes(total * BLOCK_SIZE)}" if total else covered
-    blocks = f"{done}/{approx}{total}" if total else f"{done}/?"
+    blocks = ("listed " if listing else "blocks ") + (
+        f"{done}/{approx}{total}" if total else f"{done}/?")
     rate = 0.0 if rec.get("paused") or rec.get("state") == "paused" else (
         rec.get("rate_recent_bps") or 0)
-    text = f"{size}, {human_bytes(rate)}/s, ETA {eta_text(rec)}, blocks {blocks}"
+    speed = "" if listing else f"{human_bytes(rate)}/s, "  # listing moves no bytes
+    text = f"{size}, {speed}ETA {eta_text(rec)}, {blocks}"
     if rec.get("retries") is not None:
         text += f", retries {rec['retries']}"
     if rec.get("paused") or rec.get("state") == "paused":

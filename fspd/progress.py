@@ -44,6 +44,7 @@ class Progress:
     volume_blocks: int | None = None  # the block index range of the volume being listed
     list_position: int = 0  # blocks of that index range the listing has covered so far
     data_blocks_expected: int | None = None  # blocks to read (a file's allocated extents)
+    listing_only: bool = False  # the job only lists (list, diff, dry runs): percent of listing
     blocks_done: int = 0
     blocks_skipped: int = 0  # zero blocks not written (where skipping is safe)
     blocks_resumed: int = 0  # already done by an earlier, interrupted run
@@ -162,19 +163,33 @@ class Progress:
 
     def percent(self) -> float | None:
         total, estimated = self.total()
-        if total is None:
+        if self.listing_only:  # list, diff, dry runs: the listing is the whole job
+            if total is not None and not estimated:
+                done = 1.0 if total == 0 else self.blocks_listed / total
+            elif self.volume_blocks and self.list_position > 0:
+                done = min(self.list_position, self.volume_blocks) / self.volume_blocks
+            else:
+                return None
+        elif total is None:
             return None
-        if total == 0:
-            return 100.0
-        percent = min(100.0, 100.0 * self.blocks_done / total)
+        else:
+            done = 1.0 if total == 0 else self.blocks_done / total
+        percent = min(100.0, 100.0 * done)
         return min(percent, MAX_ESTIMATED_PERCENT) if estimated else percent
 
     def eta(self) -> float | None:
         """Seconds left at the average pace so far; None while paused or unknown. With a count
         of blocks to read (a file's extents), the pace is that of blocks read: holes and
         zero blocks cost next to nothing, so counting them would skew it."""
+        if self.finished or self.paused:
+            return None
+        if self.listing_only:
+            percent = self.percent()
+            if not percent:
+                return None
+            return self.active_elapsed * (100.0 - percent) / percent
         total, _estimated = self.total()
-        if total is None or self.blocks_done == 0 or self.finished or self.paused:
+        if total is None or self.blocks_done == 0:
             return None
         done, remaining = self.blocks_done, total - self.blocks_done
         fetch = self.stages.get("fetch")
@@ -195,6 +210,8 @@ class Progress:
             "percent": None if percent is None else round(percent, 1),
             "eta_s": None if eta is None else round(eta, 1),
             "paused": self.paused,
+            "listing_only": self.listing_only,
+            "blocks_listed": self.blocks_listed,
         }
 
     def snapshot(self) -> dict[str, Any]:

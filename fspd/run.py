@@ -247,7 +247,7 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
         base = {"source": info.origin, "volume_size": info.volume_size,
                 "byte_length": info.byte_length, "encrypted": info.encrypted}
         if spec.dry_run or not spec.destinations:
-            ctx.progress.volume_blocks = info.block_count
+            ctx.progress.volume_blocks, ctx.progress.listing_only = info.block_count, True
             counts = await _count(source, ctx.progress)
             base.update(counts)
             base["bytes"] = counts["blocks"] * BLOCK_SIZE

@@ -279,3 +279,16 @@ def test_bandwidth_20M_is_20_MiB_per_second_everywhere(
     assert "20.0 MiB/s" in d.cli("bandwidth", "20MiB").stdout
     help_text = d.cli("bandwidth", "--help").stdout
     assert "binary" in help_text and "MiB" in help_text
+
+
+def test_list_bar_shows_the_share_listed_before_the_listing_ends(
+        emulator: EmulatorControl, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`fspd list` of a big snapshot: pages come slowly, and the bar says how far it got."""
+    snap = emulator.synthetic(volume_size=256, allocation="sparse", density=0.002, seed=13)
+    emulator.faults(latency_ms=400, operations=["ListSnapshotBlocks"])
+    code, raw = run_on_terminal(fspd_argv(f"fspd list {snap}"), cli_env, tmp_path)
+    assert code == 0 and "Traceback" not in raw, raw
+    shown = frames(raw)
+    assert any(re.search(r"list: ~\d+% \|.*listed \d+/~\d+", f) for f in shown), shown[-10:]
+    final = [f for f in shown if f.startswith("list: ")][-1]
+    assert re.search(r"list: 100% \|.*listed (\d+)/\1\b", final), final

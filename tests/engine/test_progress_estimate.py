@@ -186,3 +186,17 @@ async def test_a_real_download_shows_an_estimate_close_to_the_exact_total_before
     assert seen[0][0] < exact // 4  # available in the first quarter of the job
     halfway = [estimate for done, estimate, _listed in seen if done >= exact // 2]
     assert halfway and all(abs(e - exact) <= 0.2 * exact for e in halfway)
+
+
+def test_a_listing_job_shows_the_share_of_the_volume_listed_and_its_eta() -> None:
+    p = _listing(1000, 30, 250)
+    p.listing_only = True
+    p.started = time.monotonic() - 10.0
+    assert p.percent() == pytest.approx(25.0)
+    eta = p.eta()
+    assert eta is not None and eta == pytest.approx(30.0, rel=0.05)  # 10 s per quarter
+    text = progress_text({**p.estimate(), "blocks_done": 0})
+    assert "listed 30/~120" in text and "B/s" not in text
+    p.blocks_total = 110  # the listing ended
+    p.blocks_listed = 110
+    assert p.percent() == 100.0
