@@ -254,6 +254,7 @@ def test_a_paused_daemon_job_shows_rate_zero_and_is_not_counted_as_running(
     assert paused["progress"]["rate_recent_bps"] == 0 and paused["eta_s"] is None
     status = _status_json(d)
     assert status["summary"].startswith("0 running, 1 paused"), status["summary"]
+    assert status["running"] == [] and status["paused"] == [job]
     row = _row(d, job)
     assert "paused" in row and "0 B/s" in row, row
     metrics = _metrics(d)
