@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -13,25 +13,95 @@ from fspd.progress import Progress
 
 
 async def show_progress(progress: Progress, *, label: str, interval: float = 0.5) -> None:
-    """Redraw a progress bar until cancelled. Total is unknown until listing ends."""
-    bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-               file=sys.stderr, dynamic_ncols=True, leave=True)
-    shown = 0
+    """Redraw a progress bar until cancelled. Until listing ends the total is an estimate,
+    shown with a "~" (see :meth:`Progress.total`). Log lines are written above the bar
+    (fspd.log clears it first), never onto it."""
+    bar = ProgressBar(label)
+
+    def draw() -> None:
+        bar.show({**progress.estimate(), "blocks_done": progress.blocks_done,
+                  "rate_recent_bps": progress.rates()[1],
+                  "retries": sum(progress.retries.values())})
+
     try:
         while True:
-            if progress.blocks_total is not None and bar.total is None:
-                bar.total = progress.blocks_total * BLOCK_SIZE
-            bar.update(progress.bytes_done + progress.blocks_skipped * BLOCK_SIZE - shown)
-            shown = progress.bytes_done + progress.blocks_skipped * BLOCK_SIZE
-            retries = sum(progress.retries.values())
-            bar.set_postfix(blocks=f"{progress.blocks_done}/{progress.blocks_total or '?'}",
-                            retries=retries, refresh=False)
+            draw()
             await asyncio.sleep(interval)
     finally:
+        draw()  # the final state (the exact total), left on screen
         bar.close()
 
 
+class ProgressBar:
+    """One bar line on a terminal (tqdm draws it; the text is ours, in binary units)."""
+
+    def __init__(self, label: str, *, position: int | None = None,
+                 stream: TextIO | None = None) -> None:
+        self.bar = tqdm(total=None, desc=label, file=stream or sys.stderr, position=position,
+                        dynamic_ncols=True, leave=True, bar_format="{desc}")
+
+    def show(self, rec: dict[str, Any], *, refresh: bool = True) -> None:
+        percent = rec.get("percent")
+        self.bar.total = 100
+        self.bar.n = percent or 0
+        text = progress_text(rec).replace("{", "{{").replace("}", "}}")
+        self.bar.bar_format = ("{desc}: " + percent_text(rec) + " |{bar:20}| " + text
+                               if percent is not None else "{desc}: " + text)
+        if refresh:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def percent_text(rec: dict[str, Any]) -> str:
+    """"43%", "~43%" while the total is estimated, "?" while nothing is known."""
+    percent = rec.get("percent")
+    if percent is None:
+        return "?"
+    return f"{'~' if rec.get('total_estimated') else ''}{percent:.0f}%"
+
+
+def eta_text(rec: dict[str, Any]) -> str:
+    """"2m10s", "~2m10s" while the total is estimated, "-" when unknown (or paused)."""
+    eta = rec.get("eta_s")
+    if eta is None:
+        return "-"
+    return f"{'~' if rec.get('total_estimated') else ''}{human_duration(eta)}"
+
+
+def human_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def progress_text(rec: dict[str, Any]) -> str:
+    """The words after the bar: bytes covered of the total, rate, ETA, blocks, retries."""
+    listing = bool(rec.get("listing_only"))
+    done = (rec.get("blocks_listed") if listing else rec.get("blocks_done")) or 0
+    total = rec.get("blocks_total_estimate")
+    approx = "~" if rec.get("total_estimated") else ""
+    covered = human_bytes(done * BLOCK_SIZE)
+    size = f"{covered} of {approx}{human_bytes(total * BLOCK_SIZE)}" if total else covered
+    blocks = ("listed " if listing else "blocks ") + (
+        f"{done}/{approx}{total}" if total else f"{done}/?")
+    rate = 0.0 if rec.get("paused") or rec.get("state") == "paused" else (
+        rec.get("rate_recent_bps") or 0)
+    speed = "" if listing else f"{human_bytes(rate)}/s, "  # listing moves no bytes
+    text = f"{size}, {speed}ETA {eta_text(rec)}, {blocks}"
+    if rec.get("retries") is not None:
+        text += f", retries {rec['retries']}"
+    if rec.get("paused") or rec.get("state") == "paused":
+        text += ", paused"
+    return text
+
+
 def human_bytes(n: float) -> str:
+    """Binary (IEC) units everywhere: 1 KiB = 1024 B, 1 MiB = 2**20 B."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"

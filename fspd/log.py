@@ -50,6 +50,29 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _LineLogger:
+    """Writes each rendered line in one piece. While a progress bar (tqdm) is drawn on the
+    same terminal, the bar is cleared first and redrawn after, so a log line gets a line of
+    its own instead of being glued onto the bar's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)  # loaded only if a bar was made
+        if tqdm is not None and getattr(tqdm, "_instances", None):
+            with tqdm.external_write_mode(file=self._stream):
+                self._write(message)
+        else:
+            self._write(message)
+
+    def _write(self, message: str) -> None:
+        self._stream.write(message + "\n")
+        self._stream.flush()
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+
+
 def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
     """Configure structlog for the process. ``json=None`` picks JSON unless stderr is a TTY."""
     stream = stream or sys.stderr
@@ -72,7 +95,7 @@ def configure(level: str = "info", *, json: bool | None = None, stream: Any = No
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *_args: _LineLogger(stream),
         cache_logger_on_first_use=False,
     )
 

@@ -145,6 +145,8 @@ class Pipeline:
 
     async def run(self, info: VolumeInfo) -> list[dict[str, Any]]:
         """Move every block; return each sink's commit result (or failure record)."""
+        # For estimating the total while listing (a chain job runs one pipeline per step).
+        self.progress.volume_blocks, self.progress.list_position = info.block_count, 0
         opened: list[SinkState] = []
         try:
             for st in self.sinks:
@@ -276,6 +278,7 @@ class Pipeline:
         async for entry in self.source.entries():
             for watch in watchers:
                 watch(entry)
+            self.progress.listed_to(entry.stop if isinstance(entry, Gap) else entry.index + 1)
             if isinstance(entry, Gap):
                 await self._to_sinks(entry)
                 continue

@@ -128,6 +128,7 @@ async def _count(source: Source, progress: Progress,
         rules.skip_zero for _, rules in puts_by) else None
     blocks = zero = gaps = 0
     async for entry in source.entries():
+        progress.listed_to(entry.stop if isinstance(entry, Gap) else entry.index + 1)
         if isinstance(entry, Gap):
             gaps += entry.stop - entry.start
             for i, (sink, rules) in enumerate(puts_by):
@@ -344,6 +345,7 @@ async def _execute(ctx: JobContext, spec: JobSpec, control: JobControl | None
         base = {"source": info.origin, "volume_size": info.volume_size,
                 "byte_length": info.byte_length, "encrypted": info.encrypted}
         if spec.dry_run or not spec.destinations:
+            ctx.progress.volume_blocks, ctx.progress.listing_only = info.block_count, True
             puts_by = await _put_rules(ctx, spec, info) if spec.dry_run else None
             counts = await _count(source, ctx.progress, puts_by)
             base.update({k: v for k, v in counts.items() if k != "puts"})

@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--control-group")
     p.add_argument("--max-jobs", type=int)
     p.add_argument("--bandwidth", dest="bandwidth", metavar="RATE",
-                   help="shared limit, like 100M or 1GiB (0 = unlimited)")
+                   help="shared limit in bytes/s, like 100M or 1.5G; K, M, G are binary "
+                   "(100M = 100 MiB/s = 100*2^20 B/s); 0 = unlimited")
     p.add_argument("--rescan-interval", dest="rescan_interval_s", type=float, metavar="S")
     p.add_argument("--stop-timeout", dest="stop_timeout_s", type=float, metavar="S")
     p.add_argument("--serve-log-level", dest="serve_log_level",
@@ -80,7 +81,8 @@ def register(subparsers: Any) -> None:
         p.set_defaults(handler=_cmd_action, action=action)
 
     p = subparsers.add_parser("bandwidth", help="change the shared bandwidth limit now")
-    p.add_argument("rate", help="like 100M (bytes/s), 1.5GiB, 0 or unlimited")
+    p.add_argument("rate", help="bytes/s, like 100M or 1.5G: K, M, G are binary, whether "
+                   "written M, MB or MiB (100M = 100 MiB/s = 100*2^20 B/s); 0 or unlimited")
     _conn(p)
     p.set_defaults(handler=_cmd_bandwidth)
 
@@ -264,7 +266,7 @@ def _cmd_bandwidth(args: argparse.Namespace) -> int:
     limit = result["bytes_per_s"]
     from fspd.display import human_bytes
 
-    print(f"bandwidth limit: {human_bytes(limit) + '/s' if limit else 'unlimited'}")
+    print(f"bandwidth limit: {f'{human_bytes(limit)}/s ({limit} B/s)' if limit else 'unlimited'}")
     return 0
 
 

@@ -71,8 +71,8 @@ class JobRecord:
             "restarted": self.restarted, "submitted_at": self.submitted_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "bytes_done": p.bytes_done, "blocks_done": p.blocks_done,
-            "blocks_total": p.blocks_total, "rate_avg_bps": round(average),
-            "rate_recent_bps": round(recent), "eta_s": p.eta(),
+            **p.estimate(), "rate_avg_bps": round(average),
+            "rate_recent_bps": 0 if self.state == "paused" else round(recent),
             "retries": sum(p.retries.values()), "errors": p.errors,
             "last_error": p.last_error, "snapshot_ids": dict(p.snapshot_ids),
             "error": self.error,
@@ -260,6 +260,8 @@ class Scheduler:
 
     async def _run(self, rec: JobRecord) -> None:
         rec.state = "paused" if rec.control.paused else "running"
+        if rec.control.paused:
+            rec.progress.pause()
         rec.started_at = time.time()
         self._changed(rec)
         settings = self.settings  # a reload applies to jobs started after it
@@ -372,6 +374,7 @@ class Scheduler:
         if rec.state in TERMINAL:
             raise BadInput(f"job is already {rec.state}", field="job")
         rec.control.pause()
+        rec.progress.pause()  # its rate is 0 and its ETA unknown until it resumes
         if rec.task is None:
             rec.held = True
         else:
@@ -382,6 +385,7 @@ class Scheduler:
         if rec.state in TERMINAL:
             raise BadInput(f"job is already {rec.state}", field="job")
         rec.control.resume()
+        rec.progress.resume()
         rec.held = False
         if rec.task is not None:
             rec.state = "running"

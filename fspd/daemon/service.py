@@ -72,7 +72,8 @@ class Service:
         counts = self.scheduler.counts()
         rate = sum(r.progress.rates()[1] for r in self.scheduler.running())
         limit = self.scheduler.bandwidth.rate
-        text = (f"{counts['running'] + counts['paused']} running, {counts['queued']} queued, "
+        text = (f"{counts['running']} running, {counts['paused']} paused, "
+                f"{counts['queued']} queued, "
                 f"{counts['completed']} done, {counts['failed'] + counts['cancelled']} failed; "
                 f"{human_bytes(rate)}/s")
         if limit:
@@ -88,7 +89,8 @@ class Service:
             "version": __version__, "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "summary": self.summary_line(), "counts": dict(self.scheduler.counts()),
-            "running": [r.id for r in self.scheduler.running()],
+            "running": [r.id for r in self.scheduler.running() if r.state != "paused"],
+            "paused": [r.id for r in self.scheduler.jobs.values() if r.state == "paused"],
             "max_jobs": s.max_jobs, "bandwidth_bytes_per_s": self.scheduler.bandwidth.rate,
             "spool_dir": str(self.spool.root), "socket_path": self.socket_path,
             "inotify": self.watcher.using_inotify, "stopping": self.scheduler.stopping,

@@ -8,34 +8,32 @@ import sys
 import time
 from typing import Any, TextIO
 
-from tqdm import tqdm
-
-from fspd.blocks import BLOCK_SIZE
 from fspd.daemon.scheduler import TERMINAL
-from fspd.display import human_bytes
+from fspd.display import ProgressBar, eta_text, human_bytes, percent_text
 from fspd.errors import BadInput
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(?:b)?(?:/s)?\s*$", re.IGNORECASE)
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:ib|b)?|b)?(?:/s)?\s*$", re.IGNORECASE)
 
 
 def parse_rate(text: str) -> int:
-    """'0', 'unlimited', '500k', '100M', '1.5GiB', '20MB/s' -> bytes per second."""
+    """'0', 'unlimited', '500K', '100M', '1.5GiB', '20M/s' -> bytes per second.
+
+    Units are binary (IEC) whichever way they are spelled: K, KB, KiB = 1024 B; M, MB,
+    MiB = 2**20 B; G = 2**30 B; T = 2**40 B. fspd prints rates in KiB/s, MiB/s, GiB/s."""
     if text.strip().lower() in ("unlimited", "none", "off"):
         return 0
     m = _RATE.match(text)
     if not m:
-        raise BadInput(f"{text!r} is not a rate (like 100M, 1.5GiB, 0 = unlimited)",
+        raise BadInput(f"{text!r} is not a rate (like 100M = 100 MiB/s, 1.5G, 0 = unlimited)",
                        field="RATE")
-    number, unit, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
-    power = " kmgt".index(unit) if unit else 0
-    return int(number * (1024 if binary else 1000) ** power)
+    number, unit = float(m.group(1)), (m.group(2) or "").lower()
+    return int(number * 1024 ** " kmgt".index(unit or " "))
 
 
 def _pct(rec: dict[str, Any]) -> str:
-    total = rec.get("blocks_total")
-    if not total:
-        return "-" if rec.get("state") == "queued" else "?"
-    return f"{100 * (rec.get('blocks_done') or 0) / total:.0f}%"
+    if rec.get("state") == "queued":
+        return "-"
+    return percent_text(rec)
 
 
 def status_table(status: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
@@ -44,11 +42,12 @@ def status_table(status: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
         return "\n".join([*lines, "no jobs"])
     lines.append(f"{'JOB':<44} {'STATE':<10} {'PRIO':>4} {'DONE':>5} {'RATE':>12} {'ETA':>7}")
     for j in jobs:
-        eta = j.get("eta_s")
-        rate = f"{human_bytes(j.get('rate_recent_bps') or 0)}/s" if j["state"] in (
-            "running", "paused") else ""
+        live = j["state"] in ("running", "paused")
+        rate = (f"{human_bytes(0 if j['state'] == 'paused' else j.get('rate_recent_bps') or 0)}"
+                "/s" if live else "")
+        eta = eta_text(j) if live else ""
         lines.append(f"{j['job'][:44]:<44} {j['state']:<10} {j['priority']:>4} {_pct(j):>5} "
-                     f"{rate:>12} {'' if eta is None else f'{eta:.0f}s':>7}")
+                     f"{rate:>12} {eta:>7}")
         if j.get("error"):
             lines.append(f"    {j['error'].get('message')}")
     return "\n".join(lines)
@@ -58,11 +57,15 @@ def job_detail(rec: dict[str, Any]) -> str:
     lines = [f"job {rec['job']}: {rec['state']}"]
     progress = rec.get("progress") or {}
     if progress:
-        lines.append(f"  blocks {progress.get('blocks_done')}/{progress.get('blocks_total') or '?'}"
-                     f", {human_bytes(progress.get('bytes_done') or 0)} moved, "
+        total = progress.get("blocks_total_estimate") or progress.get("blocks_total")
+        approx = "~" if progress.get("total_estimated") else ""
+        of = f"{approx}{total}" if total else "?"
+        recent = 0 if rec["state"] == "paused" else progress.get("rate_recent_bps") or 0
+        lines.append(f"  blocks {progress.get('blocks_done')}/{of}"
+                     f" ({percent_text(progress)}), "
+                     f"{human_bytes(progress.get('bytes_done') or 0)} moved, "
                      f"{human_bytes(progress.get('rate_avg_bps') or 0)}/s average, "
-                     f"{human_bytes(progress.get('rate_recent_bps') or 0)}/s recent, "
-                     f"ETA {progress.get('eta_s') if progress.get('eta_s') is not None else '-'}")
+                     f"{human_bytes(recent)}/s recent, ETA {eta_text(progress)}")
         for name, stage in (progress.get("stages") or {}).items():
             lines.append(f"  stage {name}: {stage['in_flight']} in flight, queue "
                          f"{stage['queue_depth']}, {stage['done']} done")
@@ -83,12 +86,12 @@ def job_detail(rec: dict[str, Any]) -> str:
 
 
 class Bars:
-    """One tqdm bar per job, fed by the daemon's event stream."""
+    """One bar per job, fed by the daemon's event stream (the same text as a foreground
+    job's bar: binary units, "~" on estimates)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.bars: dict[str, tqdm[Any]] = {}
-        self.shown: dict[str, int] = {}
+        self.bars: dict[str, ProgressBar] = {}
 
     def update(self, event: dict[str, Any]) -> None:
         job = event.get("job")
@@ -98,19 +101,9 @@ class Bars:
         if bar is None:
             if event["state"] in TERMINAL and event.get("event") == "job":
                 return  # history: not worth a bar
-            bar = self.bars[job] = tqdm(total=None, unit="B", unit_scale=True,
-                                        unit_divisor=1024, desc=job[:40], file=self.stream,
-                                        position=len(self.bars), leave=True,
-                                        dynamic_ncols=True)
-            self.shown[job] = 0
-        total = event.get("blocks_total")
-        if total is not None and bar.total is None:
-            bar.total = total * BLOCK_SIZE
-        done = (event.get("blocks_done") or 0) * BLOCK_SIZE
-        if done > self.shown[job]:
-            bar.update(done - self.shown[job])
-            self.shown[job] = done
-        bar.set_postfix_str(event["state"], refresh=True)
+            bar = self.bars[job] = ProgressBar(job[:40], position=len(self.bars),
+                                               stream=self.stream)
+        bar.show(event)
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -94,6 +94,17 @@ def _data_ranges(fd: int, size: int) -> list[tuple[int, int]] | None:
     return ranges
 
 
+def _data_block_count(ranges: list[tuple[int, int]], size: int) -> int:
+    """Blocks of a file that hold allocated extents (each counted once)."""
+    count = next_index = 0
+    for start, end in ranges:
+        first, last = max(next_index, start // BLOCK_SIZE), blocks_for_bytes(min(end, size))
+        if last > first:
+            count += last - first
+            next_index = last
+    return count
+
+
 class FileSource:
     """Every block of a file or block device. Holes are known zeros and are not read; the
     final partial block is zero-padded, and the exact byte length is kept."""
@@ -125,6 +136,8 @@ class FileSource:
         # ways that say nothing about its content, so every block of it is read.
         regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         ranges = await self.ctx.offload(_data_ranges, self._fd, self.size) if regular else None
+        self.ctx.progress.expect(count, data_blocks=count if ranges is None
+                                 else _data_block_count(ranges, self.size))
         if ranges is None:
             for index in range(count):
                 yield BlockRef(index)

@@ -21,8 +21,9 @@ from fspd.emulator.control import EmulatorControl
 from tests.daemon.conftest import Daemon, download_job, wait_for
 
 
-def _slow_job(daemon: Daemon, emulator: EmulatorControl, tmp_path: Path, name: str) -> str:
-    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.12, seed=21)
+def _slow_job(daemon: Daemon, emulator: EmulatorControl, tmp_path: Path, name: str,
+              density: float = 0.12) -> str:
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=density, seed=21)
     return daemon.submit(download_job(emulator, snap, tmp_path / f"{name}.img"), f"{name}.toml")
 
 
@@ -39,14 +40,15 @@ def slow_daemon(make_daemon) -> Daemon:
 def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
         slow_daemon: Daemon, emulator: EmulatorControl, tmp_path: Path) -> None:
     d = slow_daemon
-    job = _slow_job(d, emulator, tmp_path, "slow")
+    # ~150 MiB at 8 MiB/s: still running when the test cancels it, however slow the machine.
+    job = _slow_job(d, emulator, tmp_path, "slow", density=0.3)
     wait_for(lambda: _state(d, job) == "running", what="running")
     table = d.cli("status")
     assert table.returncode == 0 and job[:30] in table.stdout and "running" in table.stdout
     detail = d.cli("status", job)
     assert detail.returncode == 0 and "stage fetch" in detail.stdout, detail.stderr
     status = json.loads(d.cli("status", "--json").stdout)
-    assert status["bandwidth_bytes_per_s"] == 8_000_000 and status["counts"] == {"running": 1}
+    assert status["bandwidth_bytes_per_s"] == 8 << 20 and status["counts"] == {"running": 1}
 
     paused = d.cli("pause", job[:12])  # a unique prefix names the job
     assert paused.returncode == 0, paused.stderr

@@ -70,8 +70,8 @@ def test_moves_never_replace_a_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "rate"), [
-    ("0", 0), ("unlimited", 0), ("500k", 500_000), ("100M", 100_000_000),
-    ("1.5GiB", 1536 << 20), ("20MB/s", 20_000_000), ("4MiB", 4 << 20), ("123", 123)])
+    ("0", 0), ("unlimited", 0), ("500k", 500 << 10), ("100M", 100 << 20),
+    ("1.5GiB", 1536 << 20), ("20MB/s", 20 << 20), ("4MiB", 4 << 20), ("123", 123)])
 def test_rates_read_like_people_write_them(text: str, rate: int) -> None:
     assert parse_rate(text) == rate
 
