@@ -1,6 +1,7 @@
 """How fspd reacts to failures, following AWS's retry table for EBS Direct:
 
-* throttling slows the whole stream down (a shared CUBIC rate controller) and is retried;
+* throttling slows the whole stream down (a shared rate controller that reacts to the
+  share of throttled answers) and is retried;
 * 5xx, network errors and corrupt reads are retried with full-jitter exponential backoff;
 * permanent errors (access denied, validation, conflict, quotas) fail at once, with a message
   that names the permission or parameter;
@@ -10,14 +11,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TypeVar
-
-from botocore.retries.throttling import CubicCalculator
 
 from fspd.errors import FspdError, PermissionProblem, TransferFailed
 
@@ -147,25 +147,48 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 class RateController:
     """Client-side pacing for one request stream (for example Get on one snapshot).
 
-    Starts at ``max_rate``; on throttling the rate drops multiplicatively and then recovers
-    along botocore's CUBIC curve (the same calculator as botocore's adaptive retry mode).
-    Callers ``await acquire()`` before each request.
+    Callers ``await acquire()`` before each request and report each answer with
+    ``on_success()`` or ``on_throttle()``. The rate starts at ``max_rate`` and reacts to the
+    *share* of throttled answers in short windows, not to each throttle:
+
+    * Each window (``window_s``, and at least ``min_samples`` answers) compares its throttled
+      share with the *background*: the share that goes on whatever our rate (an average of
+      the quiet windows). Only an excess beyond chance counts (``noise_sigmas`` binomial
+      standard deviations at the window's size, and at least ``tolerance``).
+    * An excess cuts the rate, once per window, to what the server accepted -- the rate less
+      the excess share, and no more than it answered with success -- less ``margin``, at
+      most halving. Over a quota that lands just under it (at 1.5x a quota a third is
+      throttled, and a cut by a third meets it); 100 % throttling halves the rate every
+      window, to ``min_rate`` within seconds.
+    * The cuts are a test of where the throttles come from. When the share falls back to the
+      background, slowing down helped: a quota, and the cut stands. When the rate has come
+      down by ``test_depth`` and two windows stay as throttled as the first, slowing down
+      does not help: that share becomes the background, and the rate goes back, within
+      ``recover_s``, to where it was (less the first window's excess over the new
+      background). Shares above ``background_max`` are never background.
+    * After a cut the rate holds for ``recover_s`` (a quota is near), then probes upwards:
+      by ``probe`` of the rate per ``recover_s`` at first, faster the longer all is well
+      (x2 about 6 s after the cut, x10 after 11 s).
+
+    Why: cutting by a factor for every throttle burst (CUBIC's x0.7, at most every 0.2 s,
+    ~9 s to recover) let a steady 5 % of randomly throttled requests -- 50 throttles a
+    second that slowing down does not make go away -- ratchet the rate down to ``min_rate``:
+    a 2 GiB download took 17-37x as long. Here they cost a test of one or two cuts, then
+    nothing (tests/engine/test_rate_controller.py; benchmark row "5 % throttled").
+    ``clock`` is injectable so that tests run the reaction on a fake clock.
     """
 
-    def __init__(self, max_rate: float, *, min_rate: float = 1.0,
-                 parent: RateController | None = None) -> None:
-        self.parent = parent  # a wider stream this one is part of (the account's)
-        self.max_rate = max_rate
-        self.min_rate = min_rate
-        self.rate = max_rate
-        self._cubic = CubicCalculator(starting_max_rate=max_rate, start_time=time.monotonic())
-        self._next_slot = 0.0
-        self._last_cut = 0.0
-        self.throttle_events = 0
-
-    def set_max_rate(self, rate: float) -> None:
-        self.max_rate = rate
-        self.rate = min(self.rate, rate)
+    window_s = 0.25        # one decision, and at most one cut, per window
+    min_samples = 16       # a window closes only once it holds this many answers
+    tolerance = 0.01       # an excess share this small is never acted on
+    noise_sigmas = 2.5     # nor an excess within this many standard deviations of chance
+    background_max = 0.2   # shares above this are never background
+    background_weight = 0.1  # of a quiet window's share in the background (an EWMA)
+    test_depth = 0.1       # cut this far with the share not falling: it is background
+    max_cut = 0.5          # a cut keeps at least this share of the rate
+    margin = 0.05          # a cut goes this far below what the server accepted
+    recover_s = 1.0        # hold after a cut; time to climb back when it was background
+    probe = 0.03           # after the hold, +3 % per recover_s at first
 
     # Credit kept for a late event loop: a busy loop wakes sleepers late, and without credit
     # every late wake-up would be capacity lost for good (measured: a pacer set to 970/s gave
@@ -173,36 +196,130 @@ class RateController:
     # inside the service's own burst allowance.
     burst_s = 0.05
 
-    async def acquire(self) -> None:
-        now = time.monotonic()
+    def __init__(self, max_rate: float, *, min_rate: float = 1.0,
+                 parent: RateController | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.parent = parent  # a wider stream this one is part of (the account's)
+        self.max_rate = max_rate
+        self.min_rate = min_rate
+        self.rate = max_rate
+        self.clock = clock
+        self.background = 0.0
+        self.throttle_events = 0
+        self.cuts = 0
+        self._next_slot = 0.0
+        now = clock()
+        self._window_start = now
+        self._ok = self._throttled = 0
+        # The recovery curve: from _cut_rate at _cut_time up to _target, then above it.
+        self._cut_time = now - self.recover_s
+        self._cut_rate = self._target = self._ceiling = max_rate
+        # A run of windows with cuts, testing whether slowing down helps:
+        # (its first share, the rate before it, the share of the last window).
+        self._episode: tuple[float, float, float] | None = None
+
+    def set_max_rate(self, rate: float) -> None:
+        self.max_rate = rate
+        self.rate = min(self.rate, rate)
+        self._target = min(self._target, rate)
+
+    def reserve(self) -> float:
+        """Take the next request slot; how long to wait for it (seconds)."""
+        now = self.clock()
         slot = max(now - self.burst_s, self._next_slot)
         self._next_slot = slot + 1.0 / self.rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return max(0.0, slot - now)
+
+    async def acquire(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
         if self.parent is not None:
             await self.parent.acquire()
 
     def on_success(self) -> None:
         if self.parent is not None:
             self.parent.on_success()
-        if self.rate < self.max_rate:
-            self.rate = min(self.max_rate, max(self.min_rate,
-                            self._cubic.success_received(time.monotonic())))
+        self._ok += 1
+        now = self.clock()
+        if not self._close_window(now):
+            self.rate = self._recovered(now)
 
     def on_throttle(self, *, account: bool = False) -> None:
-        """Slow down after a throttle; ``account`` throttles slow the whole account."""
+        """Count a throttle; ``account`` throttles count for the whole account's stream."""
         if account and self.parent is not None:
             self.parent.on_throttle()
             return
         self.throttle_events += 1
-        now = time.monotonic()
-        # One cut per burst of throttles: many requests in flight fail together.
-        if now - self._last_cut < 0.2:
-            return
-        self._last_cut = now
-        self.rate = max(self.min_rate, self._cubic.error_received(self.rate, now))
+        self._throttled += 1
+        self._close_window(self.clock())
+
+    def _recovered(self, now: float) -> float:
+        """The rate on the recovery curve at ``now``."""
+        x = (now - self._cut_time) / self.recover_s - 1.0
+        target = self._target
+        if x <= 0:  # concave: fast at first, flat near the target
+            rate = target + (target - self._cut_rate) * x ** 3
+        else:  # probing: slowly at first (a quota is near), faster while all is well
+            rate = target * (1 + self.probe * x + (x / 5) ** 3)
+        return min(self.max_rate, max(self.min_rate, rate))
+
+    def _curve(self, now: float, start: float, target: float, ceiling: float) -> None:
+        """Set the rate to ``start``; climb to ``target`` within ``recover_s``, hold, then
+        probe above it, back to ``ceiling`` (the rate before the throttling) within
+        3 ``recover_s`` after ``now``."""
+        self._cut_time = now
+        self._cut_rate = self.rate = start
+        self._target = max(start, target)
+        self._ceiling = max(self._target, ceiling)
+
+    def _noise(self, share: float, answers: int) -> float:
+        """How far a window's share may stray from ``share`` by chance."""
+        share = max(share, 1.0 / answers)
+        return self.noise_sigmas * math.sqrt(share * (1.0 - share) / answers)
+
+    def _close_window(self, now: float) -> bool:
+        """End the window if it is due and act on its share. Whether the rate was set."""
+        elapsed = now - self._window_start
+        answers = self._ok + self._throttled
+        if elapsed < self.window_s or answers < self.min_samples:
+            return False
+        share = self._throttled / answers
+        accepted_rate = self._ok / elapsed
+        self._window_start = now
+        self._ok = self._throttled = 0
+        b = self.background
+        excess = share - b
+        quiet = excess <= max(self.tolerance, self._noise(b, answers))
+        if self._episode is not None:
+            first_share, first_rate, last_share = self._episode
+            if quiet:
+                self._episode = None  # slowing down helped: a quota, and the cuts stand
+                return False
+            noise = self._noise(first_share, answers)
+            if (max(share, last_share) <= min(self.background_max, first_share + noise)
+                    and min(share, last_share) >= first_share - noise
+                    and self._cut_rate <= first_rate * (1.0 - self.test_depth)):
+                # Slower by test_depth, and as throttled all along: it is not our rate. Back
+                # to the rate before, less what its first window had beyond the background.
+                self.background = (last_share + share) / 2
+                self._episode = None
+                back = first_rate * (1.0 - max(0.0, first_share - self.background))
+                self._curve(now, self.rate, back, back)
+                return True
+        elif quiet:
+            self.background = b + self.background_weight * (share - b)
+            return False
+        self.cuts += 1
+        current = min(self.rate, self._recovered(now))
+        accepted = min(current * (1.0 - excess), accepted_rate) * (1.0 - self.margin)
+        first = self._episode or (share, current, share)
+        self._curve(now, max(self.min_rate, current * self.max_cut, accepted), accepted,
+                    first[1])
+        self._episode = (first[0], first[1], share)
         # Leave a gap so the server's bucket can refill before we resume.
         self._next_slot = max(self._next_slot, now + 1.0 / self.rate)
+        return True
 
 
 class Retrier:

@@ -273,6 +273,39 @@ class Bench:
                 "ratio": blocks / cost.wall_s / cap,
                 "throttled_share": stats["throttled"] / max(1, sent + stats["throttled"])}
 
+    async def throttled_share(self, share: float, blocks: int) -> dict[str, Any]:
+        """A whole download at the default settings, once clean and once with ``share`` of
+        GetSnapshotBlock answered by an injected throttle (the emulator's caps are off, so
+        fspd's own pacing sets the offered rate in both). Best of ``reps`` each."""
+        gib = max(1, -(-blocks // 2048))
+        snap = self.ctl.synthetic(region=REGION, volume_size=gib, seed=5,
+                                  allocation="full" if blocks == gib * 2048 else "sparse",
+                                  density=blocks / (gib * 2048))
+        out = self.shm / "throttled.img"
+        spec = job(self.ebs(snap), {"type": "file", "path": str(out)})
+        cfg = Settings()
+
+        walls: dict[str, float] = {}
+        gets: dict[str, int] = {}
+        for _ in range(self.reps):  # interleaved; the fastest run of each kept
+            for name, rate in (("clean", 0.0), ("throttled", share)):
+                out.unlink(missing_ok=True)
+                os.sync()
+                self.ctl.faults(throttle_rate=rate, operations=["GetSnapshotBlock"], seed=5)
+                self.ctl.reset_stats()
+                try:
+                    cost = await measure(lambda: run_job(spec, cfg))
+                finally:
+                    self.ctl.clear_faults()
+                if cost.wall_s < walls.get(name, float("inf")):
+                    walls[name] = cost.wall_s
+                    gets[name] = self.ctl.stats()["requests"].get("GetSnapshotBlock", 0)
+                    done = int(cost.result["blocks_done"])
+        out.unlink(missing_ok=True)
+        return {"share": share, "blocks": done, "clean_s": walls["clean"],
+                "throttled_s": walls["throttled"], "ratio": walls["throttled"] / walls["clean"],
+                "gets_per_block": gets["throttled"] / max(1, done)}
+
     # -- memory ----------------------------------------------------------------------------
 
     def memory(self, size_gib: int, blocks: int, list_only: bool) -> dict[str, Any]:
