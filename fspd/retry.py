@@ -168,7 +168,10 @@ class RateController:
       background). Shares above ``background_max`` are never background.
     * After a cut the rate holds for ``recover_s`` (a quota is near), then probes upwards:
       by ``probe`` of the rate per ``recover_s`` at first, faster the longer all is well
-      (x2 about 6 s after the cut, x10 after 11 s).
+      (x2 about 6 s after the cut, x10 after 11 s). After a storm (``storm_share`` or more
+      throttled when it began) it also climbs back to the rate the storm found, within
+      another 2 ``recover_s`` -- unless a storm came within ``storm_memory_s`` before: a
+      quota far below the rate looks like a storm that keeps coming back.
 
     Why: cutting by a factor for every throttle burst (CUBIC's x0.7, at most every 0.2 s,
     ~9 s to recover) let a steady 5 % of randomly throttled requests -- 50 throttles a
@@ -186,6 +189,8 @@ class RateController:
     background_weight = 0.1  # of a quiet window's share in the background (an EWMA)
     test_depth = 0.1       # cut this far with the share not falling: it is background
     max_cut = 0.5          # a cut keeps at least this share of the rate
+    storm_share = 0.5      # a share that starts a storm: the rate goes back after it
+    storm_memory_s = 60.0  # unless the last storm was this recent
     margin = 0.05          # a cut goes this far below what the server accepted
     recover_s = 1.0        # hold after a cut; time to climb back when it was background
     probe = 0.03           # after the hold, +3 % per recover_s at first
@@ -215,8 +220,10 @@ class RateController:
         self._cut_time = now - self.recover_s
         self._cut_rate = self._target = self._ceiling = max_rate
         # A run of windows with cuts, testing whether slowing down helps:
-        # (its first share, the rate before it, the share of the last window).
-        self._episode: tuple[float, float, float] | None = None
+        # (its first share, the rate before it, the last window's share, the rate to go back
+        # to after it, if it is a storm).
+        self._episode: tuple[float, float, float, float] | None = None
+        self._last_storm = -math.inf
 
     def set_max_rate(self, rate: float) -> None:
         self.max_rate = rate
@@ -261,13 +268,13 @@ class RateController:
         if x <= 0:  # concave: fast at first, flat near the target
             rate = target + (target - self._cut_rate) * x ** 3
         else:  # probing: slowly at first (a quota is near), faster while all is well
-            rate = target * (1 + self.probe * x + (x / 5) ** 3)
+            rate = (target * (1 + self.probe * x + (x / 5) ** 3)
+                    + (self._ceiling - target) * min(1.0, x / 2) ** 3)
         return min(self.max_rate, max(self.min_rate, rate))
 
     def _curve(self, now: float, start: float, target: float, ceiling: float) -> None:
-        """Set the rate to ``start``; climb to ``target`` within ``recover_s``, hold, then
-        probe above it, back to ``ceiling`` (the rate before the throttling) within
-        3 ``recover_s`` after ``now``."""
+        """Set the rate to ``start``; climb to ``target`` within ``recover_s``, then probe
+        above it, and back to ``ceiling`` within 2 more ``recover_s``."""
         self._cut_time = now
         self._cut_rate = self.rate = start
         self._target = max(start, target)
@@ -292,7 +299,7 @@ class RateController:
         excess = share - b
         quiet = excess <= max(self.tolerance, self._noise(b, answers))
         if self._episode is not None:
-            first_share, first_rate, last_share = self._episode
+            first_share, first_rate, last_share, _ = self._episode
             if quiet:
                 self._episode = None  # slowing down helped: a quota, and the cuts stand
                 return False
@@ -313,10 +320,18 @@ class RateController:
         self.cuts += 1
         current = min(self.rate, self._recovered(now))
         accepted = min(current * (1.0 - excess), accepted_rate) * (1.0 - self.margin)
-        first = self._episode or (share, current, share)
+        if self._episode is None:
+            # After a storm (most requests throttled from the start) the rate goes back to
+            # where the storm found it; not after a second storm within storm_memory_s
+            # (a quota far below the rate looks like a storm that comes back).
+            storm = share >= self.storm_share
+            back = storm and now - self._last_storm > self.storm_memory_s
+            self._last_storm = now if storm else self._last_storm
+            self._episode = (share, current, share, current if back else 0.0)
+        first_share, first_rate, _, ceiling = self._episode
         self._curve(now, max(self.min_rate, current * self.max_cut, accepted), accepted,
-                    first[1])
-        self._episode = (first[0], first[1], share)
+                    ceiling)
+        self._episode = (first_share, first_rate, share, ceiling)
         # Leave a gap so the server's bucket can refill before we resume.
         self._next_slot = max(self._next_slot, now + 1.0 / self.rate)
         return True
