@@ -16,6 +16,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeVar
 
@@ -144,6 +145,16 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * (2 ** attempt)))
 
 
+@dataclass
+class _Episode:
+    """A run of windows with cuts: the test of whether slowing down helps."""
+
+    first_share: float
+    first_rate: float   # the rate before it
+    ceiling: float      # the rate to go back to after it, if it is a storm (else 0)
+    shares: list[float] = field(default_factory=list)  # of the windows after the first
+
+
 class RateController:
     """Client-side pacing for one request stream (for example Get on one snapshot).
 
@@ -187,13 +198,13 @@ class RateController:
     noise_sigmas = 2.5     # nor an excess within this many standard deviations of chance
     background_max = 0.2   # shares above this are never background
     background_weight = 0.1  # of a quiet window's share in the background (an EWMA)
-    test_depth = 0.1       # cut this far with the share not falling: it is background
+    test_depth = 0.2       # cut this far with the share not falling: it is background
     max_cut = 0.5          # a cut keeps at least this share of the rate
     storm_share = 0.5      # a share that starts a storm: the rate goes back after it
     storm_memory_s = 60.0  # unless the last storm was this recent
     margin = 0.05          # a cut goes this far below what the server accepted
     recover_s = 1.0        # hold after a cut; time to climb back when it was background
-    probe = 0.03           # after the hold, +3 % per recover_s at first
+    probe = 0.02           # after the hold, +2 % per recover_s at first
 
     # Credit kept for a late event loop: a busy loop wakes sleepers late, and without credit
     # every late wake-up would be capacity lost for good (measured: a pacer set to 970/s gave
@@ -219,10 +230,8 @@ class RateController:
         # The recovery curve: from _cut_rate at _cut_time up to _target, then above it.
         self._cut_time = now - self.recover_s
         self._cut_rate = self._target = self._ceiling = max_rate
-        # A run of windows with cuts, testing whether slowing down helps:
-        # (its first share, the rate before it, the last window's share, the rate to go back
-        # to after it, if it is a storm).
-        self._episode: tuple[float, float, float, float] | None = None
+        self._episode: _Episode | None = None
+        self._generation = 0  # cuts so far: slots reserved before a cut are void
         self._last_storm = -math.inf
 
     def set_max_rate(self, rate: float) -> None:
@@ -238,9 +247,15 @@ class RateController:
         return max(0.0, slot - now)
 
     async def acquire(self) -> None:
-        delay = self.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        while True:
+            generation = self._generation
+            delay = self.reserve()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # A slot reserved before a cut is void: without this, every request already
+            # waiting (up to the stream's concurrency) would still go at the old rate.
+            if generation == self._generation:
+                break
         if self.parent is not None:
             await self.parent.acquire()
 
@@ -298,20 +313,23 @@ class RateController:
         b = self.background
         excess = share - b
         quiet = excess <= max(self.tolerance, self._noise(b, answers))
-        if self._episode is not None:
-            first_share, first_rate, last_share, _ = self._episode
+        episode = self._episode
+        if episode is not None:
             if quiet:
                 self._episode = None  # slowing down helped: a quota, and the cuts stand
                 return False
-            noise = self._noise(first_share, answers)
-            if (max(share, last_share) <= min(self.background_max, first_share + noise)
-                    and min(share, last_share) >= first_share - noise
-                    and self._cut_rate <= first_rate * (1.0 - self.test_depth)):
-                # Slower by test_depth, and as throttled all along: it is not our rate. Back
-                # to the rate before, less what its first window had beyond the background.
-                self.background = (last_share + share) / 2
+            episode.shares.append(share)
+            last = episode.shares[-2:]
+            noise = self._noise(episode.first_share, answers)
+            if (len(last) == 2 and self._cut_rate <= episode.first_rate * (1 - self.test_depth)
+                    and max(last) <= min(self.background_max, episode.first_share + noise)
+                    and min(last) >= episode.first_share - noise):
+                # Slower by test_depth, and two windows (the cut's own in-flight requests
+                # gone) as throttled as the first: it is not our rate. Back to the rate
+                # before, less what the first window had beyond the new background.
+                self.background = sum(last) / 2
                 self._episode = None
-                back = first_rate * (1.0 - max(0.0, first_share - self.background))
+                back = episode.first_rate * (1 - max(0.0, episode.first_share - self.background))
                 self._curve(now, self.rate, back, back)
                 return True
         elif quiet:
@@ -320,20 +338,20 @@ class RateController:
         self.cuts += 1
         current = min(self.rate, self._recovered(now))
         accepted = min(current * (1.0 - excess), accepted_rate) * (1.0 - self.margin)
-        if self._episode is None:
+        if episode is None:
             # After a storm (most requests throttled from the start) the rate goes back to
             # where the storm found it; not after a second storm within storm_memory_s
             # (a quota far below the rate looks like a storm that comes back).
             storm = share >= self.storm_share
-            back = storm and now - self._last_storm > self.storm_memory_s
+            back_to = current if storm and now - self._last_storm > self.storm_memory_s else 0
             self._last_storm = now if storm else self._last_storm
-            self._episode = (share, current, share, current if back else 0.0)
-        first_share, first_rate, _, ceiling = self._episode
+            episode = self._episode = _Episode(share, current, back_to)
         self._curve(now, max(self.min_rate, current * self.max_cut, accepted), accepted,
-                    ceiling)
-        self._episode = (first_share, first_rate, share, ceiling)
-        # Leave a gap so the server's bucket can refill before we resume.
-        self._next_slot = max(self._next_slot, now + 1.0 / self.rate)
+                    episode.ceiling)
+        # Slots handed out at the old rate are taken back (see acquire), and a gap is left
+        # so that the server's bucket can refill before we resume.
+        self._generation += 1
+        self._next_slot = now + 1.0 / self.rate
         return True
 
 
