@@ -188,7 +188,7 @@ class RateController:
     ~9 s to recover) let a steady 5 % of randomly throttled requests -- 50 throttles a
     second that slowing down does not make go away -- ratchet the rate down to ``min_rate``:
     a 2 GiB download took 17-37x as long. Here they cost a test of one or two cuts, then
-    nothing (tests/engine/test_rate_controller.py; benchmark row "5 % throttled").
+    nothing (tests/engine/test_rate_controller.py; the benchmark's "Random throttling").
     ``clock`` is injectable so that tests run the reaction on a fake clock.
     """
 
