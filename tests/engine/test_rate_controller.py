@@ -70,7 +70,8 @@ def test_rate_recovers_after_throttling_ends() -> None:
     ended = clock.now
     seen = drive(rc, clock, 15.0, 0.0, rng)
     back = next((t for t, rate in seen if rate >= 0.9 * MAX), None)
-    assert back is not None and back - ended <= 12.0, f"from {low:.0f}/s, back after {back}"
+    # One recover_s of hold (a quota may be near), then two to climb back.
+    assert back is not None and back - ended <= 4.0, f"from {low:.0f}/s, back after {back}"
 
 
 def test_a_cut_by_random_throttles_is_undone_within_seconds() -> None:
