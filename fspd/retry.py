@@ -1,6 +1,7 @@
 """How fspd reacts to failures, following AWS's retry table for EBS Direct:
 
-* throttling slows the whole stream down (a shared CUBIC rate controller) and is retried;
+* throttling slows the whole stream down (a shared rate controller that reacts to the
+  share of throttled answers) and is retried;
 * 5xx, network errors and corrupt reads are retried with full-jitter exponential backoff;
 * permanent errors (access denied, validation, conflict, quotas) fail at once, with a message
   that names the permission or parameter;
@@ -11,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import random
 import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeVar
-
-from botocore.retries.throttling import CubicCalculator
 
 from fspd.errors import FspdError, PermissionProblem, TransferFailed
 from fspd.log import get_logger
@@ -224,28 +225,66 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * (2 ** attempt)))
 
 
+@dataclass
+class _Episode:
+    """A run of windows with cuts: the test of whether slowing down helps."""
+
+    first_share: float
+    first_rate: float   # the rate before it
+    ceiling: float      # the rate to go back to after it, if it is a storm (else 0)
+    shares: list[float] = field(default_factory=list)  # of the windows after the first
+
+
 class RateController:
     """Client-side pacing for one request stream (for example Get on one snapshot).
 
-    Starts at ``max_rate``; on throttling the rate drops multiplicatively and then recovers
-    along botocore's CUBIC curve (the same calculator as botocore's adaptive retry mode).
-    Callers ``await acquire()`` before each request.
+    Callers ``await acquire()`` before each request and report each answer with
+    ``on_success()`` or ``on_throttle()``. The rate starts at ``max_rate`` and reacts to the
+    *share* of throttled answers in short windows, not to each throttle:
+
+    * Each window (``window_s``, and at least ``min_samples`` answers) compares its throttled
+      share with the *background*: the share that goes on whatever our rate (an average of
+      the quiet windows). Only an excess beyond chance counts (``noise_sigmas`` binomial
+      standard deviations at the window's size, and at least ``tolerance``).
+    * An excess cuts the rate, once per window, to what the server accepted -- the rate less
+      the excess share, and no more than it answered with success -- less ``margin``, at
+      most halving. Over a quota that lands just under it (at 1.5x a quota a third is
+      throttled, and a cut by a third meets it); 100 % throttling halves the rate every
+      window, to ``min_rate`` within seconds.
+    * The cuts are a test of where the throttles come from. When the share falls back to the
+      background, slowing down helped: a quota, and the cut stands. When the rate has come
+      down by ``test_depth`` and two windows stay as throttled as the first, slowing down
+      does not help: that share becomes the background, and the rate goes back, within
+      ``recover_s``, to where it was (less the first window's excess over the new
+      background). Shares above ``background_max`` are never background.
+    * After a cut the rate holds for ``recover_s`` (a quota is near), then probes upwards:
+      by ``probe`` of the rate per ``recover_s`` at first, faster the longer all is well
+      (x2 about 6 s after the cut, x10 after 11 s). After a storm (``storm_share`` or more
+      throttled when it began) it also climbs back to the rate the storm found, within
+      another 2 ``recover_s`` -- unless a storm came within ``storm_memory_s`` before: a
+      quota far below the rate looks like a storm that keeps coming back.
+
+    Why: cutting by a factor for every throttle burst (CUBIC's x0.7, at most every 0.2 s,
+    ~9 s to recover) let a steady 5 % of randomly throttled requests -- 50 throttles a
+    second that slowing down does not make go away -- ratchet the rate down to ``min_rate``:
+    a 2 GiB download took 17-37x as long. Here they cost a test of one or two cuts, then
+    nothing (tests/engine/test_rate_controller.py; the benchmark's "Random throttling").
+    ``clock`` is injectable so that tests run the reaction on a fake clock.
     """
 
-    def __init__(self, max_rate: float, *, min_rate: float = 1.0,
-                 parent: RateController | None = None) -> None:
-        self.parent = parent  # a wider stream this one is part of (the account's)
-        self.max_rate = max_rate
-        self.min_rate = min_rate
-        self.rate = max_rate
-        self._cubic = CubicCalculator(starting_max_rate=max_rate, start_time=time.monotonic())
-        self._next_slot = 0.0
-        self._last_cut = 0.0
-        self.throttle_events = 0
-
-    def set_max_rate(self, rate: float) -> None:
-        self.max_rate = rate
-        self.rate = min(self.rate, rate)
+    window_s = 0.25        # one decision, and at most one cut, per window
+    min_samples = 16       # a window closes only once it holds this many answers
+    tolerance = 0.01       # an excess share this small is never acted on
+    noise_sigmas = 2.5     # nor an excess within this many standard deviations of chance
+    background_max = 0.2   # shares above this are never background
+    background_weight = 0.1  # of a quiet window's share in the background (an EWMA)
+    test_depth = 0.2       # cut this far with the share not falling: it is background
+    max_cut = 0.5          # a cut keeps at least this share of the rate
+    storm_share = 0.5      # a share that starts a storm: the rate goes back after it
+    storm_memory_s = 60.0  # unless the last storm was this recent
+    margin = 0.05          # a cut goes this far below what the server accepted
+    recover_s = 1.0        # hold after a cut; time to climb back when it was background
+    probe = 0.02           # after the hold, +2 % per recover_s at first
 
     # Credit kept for a late event loop: a busy loop wakes sleepers late, and without credit
     # every late wake-up would be capacity lost for good (measured: a pacer set to 970/s gave
@@ -253,36 +292,147 @@ class RateController:
     # inside the service's own burst allowance.
     burst_s = 0.05
 
-    async def acquire(self) -> None:
-        now = time.monotonic()
+    def __init__(self, max_rate: float, *, min_rate: float = 1.0,
+                 parent: RateController | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.parent = parent  # a wider stream this one is part of (the account's)
+        self.max_rate = max_rate
+        self.min_rate = min_rate
+        self.rate = max_rate
+        self.clock = clock
+        self.background = 0.0
+        self.throttle_events = 0
+        self.cuts = 0
+        self._next_slot = 0.0
+        now = clock()
+        self._window_start = now
+        self._ok = self._throttled = 0
+        # The recovery curve: from _cut_rate at _cut_time up to _target, then above it.
+        self._cut_time = now - self.recover_s
+        self._cut_rate = self._target = self._ceiling = max_rate
+        self._episode: _Episode | None = None
+        self._generation = 0  # cuts so far: slots reserved before a cut are void
+        self._last_storm = -math.inf
+
+    def set_max_rate(self, rate: float) -> None:
+        self.max_rate = rate
+        self.rate = min(self.rate, rate)
+        self._target = min(self._target, rate)
+
+    def reserve(self) -> float:
+        """Take the next request slot; how long to wait for it (seconds)."""
+        now = self.clock()
         slot = max(now - self.burst_s, self._next_slot)
         self._next_slot = slot + 1.0 / self.rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return max(0.0, slot - now)
+
+    async def acquire(self) -> None:
+        while True:
+            generation = self._generation
+            delay = self.reserve()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # A slot reserved before a cut is void: without this, every request already
+            # waiting (up to the stream's concurrency) would still go at the old rate.
+            if generation == self._generation:
+                break
         if self.parent is not None:
             await self.parent.acquire()
 
     def on_success(self) -> None:
         if self.parent is not None:
             self.parent.on_success()
-        if self.rate < self.max_rate:
-            self.rate = min(self.max_rate, max(self.min_rate,
-                            self._cubic.success_received(time.monotonic())))
+        self._ok += 1
+        now = self.clock()
+        if not self._close_window(now):
+            self.rate = self._recovered(now)
 
     def on_throttle(self, *, account: bool = False) -> None:
-        """Slow down after a throttle; ``account`` throttles slow the whole account."""
+        """Count a throttle; ``account`` throttles count for the whole account's stream."""
         if account and self.parent is not None:
             self.parent.on_throttle()
             return
         self.throttle_events += 1
-        now = time.monotonic()
-        # One cut per burst of throttles: many requests in flight fail together.
-        if now - self._last_cut < 0.2:
-            return
-        self._last_cut = now
-        self.rate = max(self.min_rate, self._cubic.error_received(self.rate, now))
-        # Leave a gap so the server's bucket can refill before we resume.
-        self._next_slot = max(self._next_slot, now + 1.0 / self.rate)
+        self._throttled += 1
+        self._close_window(self.clock())
+
+    def _recovered(self, now: float) -> float:
+        """The rate on the recovery curve at ``now``."""
+        x = (now - self._cut_time) / self.recover_s - 1.0
+        target = self._target
+        if x <= 0:  # concave: fast at first, flat near the target
+            rate = target + (target - self._cut_rate) * x ** 3
+        else:  # probing: slowly at first (a quota is near), faster while all is well
+            rate = (target * (1 + self.probe * x + (x / 5) ** 3)
+                    + (self._ceiling - target) * min(1.0, x / 2) ** 3)
+        return min(self.max_rate, max(self.min_rate, rate))
+
+    def _curve(self, now: float, start: float, target: float, ceiling: float) -> None:
+        """Set the rate to ``start``; climb to ``target`` within ``recover_s``, then probe
+        above it, and back to ``ceiling`` within 2 more ``recover_s``."""
+        self._cut_time = now
+        self._cut_rate = self.rate = start
+        self._target = max(start, target)
+        self._ceiling = max(self._target, ceiling)
+
+    def _noise(self, share: float, answers: int) -> float:
+        """How far a window's share may stray from ``share`` by chance."""
+        share = max(share, 1.0 / answers)
+        return self.noise_sigmas * math.sqrt(share * (1.0 - share) / answers)
+
+    def _close_window(self, now: float) -> bool:
+        """End the window if it is due and act on its share. Whether the rate was set."""
+        elapsed = now - self._window_start
+        answers = self._ok + self._throttled
+        if elapsed < self.window_s or answers < self.min_samples:
+            return False
+        share = self._throttled / answers
+        accepted_rate = self._ok / elapsed
+        self._window_start = now
+        self._ok = self._throttled = 0
+        b = self.background
+        excess = share - b
+        quiet = excess <= max(self.tolerance, self._noise(b, answers))
+        episode = self._episode
+        if episode is not None:
+            if quiet:
+                self._episode = None  # slowing down helped: a quota, and the cuts stand
+                return False
+            episode.shares.append(share)
+            last = episode.shares[-2:]
+            noise = self._noise(episode.first_share, answers)
+            if (len(last) == 2 and self._cut_rate <= episode.first_rate * (1 - self.test_depth)
+                    and max(last) <= min(self.background_max, episode.first_share + noise)
+                    and min(last) >= episode.first_share - noise):
+                # Slower by test_depth, and two windows (the cut's own in-flight requests
+                # gone) as throttled as the first: it is not our rate. Back to the rate
+                # before, less what the first window had beyond the new background.
+                self.background = sum(last) / 2
+                self._episode = None
+                back = episode.first_rate * (1 - max(0.0, episode.first_share - self.background))
+                self._curve(now, self.rate, back, back)
+                return True
+        elif quiet:
+            self.background = b + self.background_weight * (share - b)
+            return False
+        self.cuts += 1
+        current = min(self.rate, self._recovered(now))
+        accepted = min(current * (1.0 - excess), accepted_rate) * (1.0 - self.margin)
+        if episode is None:
+            # After a storm (most requests throttled from the start) the rate goes back to
+            # where the storm found it; not after a second storm within storm_memory_s
+            # (a quota far below the rate looks like a storm that comes back).
+            storm = share >= self.storm_share
+            back_to = current if storm and now - self._last_storm > self.storm_memory_s else 0
+            self._last_storm = now if storm else self._last_storm
+            episode = self._episode = _Episode(share, current, back_to)
+        self._curve(now, max(self.min_rate, current * self.max_cut, accepted), accepted,
+                    episode.ceiling)
+        # Slots handed out at the old rate are taken back (see acquire), and a gap is left
+        # so that the server's bucket can refill before we resume.
+        self._generation += 1
+        self._next_slot = now + 1.0 / self.rate
+        return True
 
 
 class Retrier:
