@@ -19,7 +19,7 @@ from aiobotocore.session import AioSession
 from fspd.aws import AwsClients, AwsTarget, call
 from fspd.blocks import BLOCK_SIZE, Kind
 from fspd.budget import JobControl, SharedLimits
-from fspd.checkpoint import Checkpoint, spec_digest
+from fspd.checkpoint import Checkpoint, probe_writable, spec_digest
 from fspd.config import Settings
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.ebs import (
@@ -86,7 +86,7 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
                    SOURCE_REGION_TAG: target_for(spec.source).region}
     for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
         if isinstance(dest, EbsDestinationSpec):
-            token = dest.client_token or default_client_token(ctx.job_id, name)
+            token = dest.client_token or default_client_token(ctx.job_id, name, spec)
             sinks.append(EbsSnapshotSink(
                 ctx, target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
                 volume_size_gib=dest.volume_size_gib, description=dest.description,
@@ -102,10 +102,13 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
     return sinks
 
 
-def default_client_token(job_id: str, destination: str) -> str:
-    """Stable for one job and destination (a rerun lands on the same snapshot), distinct for
-    any other pair however long the names: a hash, not a truncation."""
-    digest = hashlib.sha256(f"{job_id}\0{destination}".encode()).hexdigest()[:40]
+def default_client_token(job_id: str, destination: str, spec: JobSpec | None = None) -> str:
+    """Stable for one job, version of its job file and destination (a rerun lands on the
+    same snapshot), distinct for any other triple however long the names: a hash, not a
+    truncation. An edited job file gets new snapshots, never the old version's pending one
+    (whose parameters differ: ConflictException, or blocks it does not count)."""
+    content = spec_digest(spec.model_dump_json()) if spec is not None else ""
+    digest = hashlib.sha256(f"{job_id}\0{destination}\0{content}".encode()).hexdigest()[:40]
     return f"fspd-{digest}"
 
 
@@ -156,9 +159,7 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
         tmp = tempfile.TemporaryDirectory(prefix="fspd-")
         state_dir = Path(tmp.name)
     else:
-        checkpoint = Checkpoint.open(state_dir, job_id, spec_digest(spec.model_dump_json()))
-        if checkpoint.resumed:
-            log.info("job_resuming", job=job_id, state_dir=str(state_dir))
+        checkpoint = open_checkpoint(state_dir, job_id, spec)
     executor = ThreadPoolExecutor(settings.transfer.worker_threads,
                                   thread_name_prefix=f"fspd-{job_id}")
     progress.start()
@@ -197,6 +198,33 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
     if checkpoint is not None and checkpoint.notes:
         result["notes"] = list(checkpoint.notes)
     return result
+
+
+def open_checkpoint(state_dir: Path, job_id: str, spec: JobSpec) -> Checkpoint:
+    """The job's journal, after checking (before any request) that it can be written: a job
+    that cannot journal must not start, or a crash would leave a snapshot pending that no
+    rerun can find."""
+    try:
+        probe_writable(state_dir)
+    except OSError as exc:
+        raise BadInput(f"state directory {state_dir} is not writable "
+                       f"({exc.strerror or exc}); the job's journal is kept there",
+                       field="state_dir") from None
+    checkpoint = Checkpoint.open(state_dir, job_id, spec_digest(spec.model_dump_json()))
+    if checkpoint.resumed:
+        log.info("job_resuming", job=job_id, state_dir=str(state_dir))
+    for name, old in checkpoint.superseded.items():
+        snapshot_id = old.get("snapshot_id")
+        if old.get("type") != "ebs" or not snapshot_id:
+            continue
+        checkpoint.notes.append(
+            f"{name}: abandoned pending snapshot {snapshot_id} of an earlier version of this "
+            "job (its job file changed); AWS cancels it when its Timeout passes; writing a "
+            "new snapshot")
+        (state_dir / f"{snapshot_id}.digests").unlink(missing_ok=True)
+    for note in checkpoint.notes:
+        log.warning("job_not_resumed_as_is", job=job_id, note=note)
+    return checkpoint
 
 
 async def _with_deadline(coro: Any, settings: Settings) -> dict[str, Any]:
@@ -347,7 +375,11 @@ async def _execute_chain(ctx: JobContext, spec: JobSpec, control: JobControl | N
 
 def state_dir_for(root: Path, job_id: str) -> Path:
     path = root / job_id
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise BadInput(f"cannot create the state directory {path} "
+                       f"({exc.strerror or exc})", field="state_dir") from None
     return path
 
 
