@@ -96,7 +96,9 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
         elif isinstance(dest, S3DestinationSpec):
             region = (target_for(spec.source).region
                       if isinstance(spec.source, EbsSourceSpec) else None)
-            sinks.append(archive_sink(ctx, dest, name, spec.source, target_for(dest), region))
+            job = {"id": ctx.job_id, "spec": spec_digest(spec.model_dump_json())}
+            sinks.append(archive_sink(ctx, dest, name, spec.source, target_for(dest), region,
+                                      job))
         else:
             sinks.append(FileSink(ctx, dest.path, name=name, mode=dest.mode))
     return sinks
