@@ -76,9 +76,19 @@ def sink_problem(state: Any) -> str | None:
             _bitmap_bytes(state.get(key))
         except ValueError as exc:
             return f"{key!r}: {exc}"
-    if kind == "s3" and not isinstance(state.get("header"), dict):
-        return "'header' is not an object"
+    if kind == "s3":
+        if not isinstance(state.get("header"), dict):
+            return "'header' is not an object"
+        for key, types in _S3_OPTIONAL.items():
+            if key in state and not isinstance(state[key], types):
+                return f"{key!r} has the wrong type"
     return None
+
+
+# An archive's journal entry: keys absent once its manifest is written, typed when present.
+_S3_OPTIONAL: dict[str, Any] = {"manifest_bytes": int, "next_window": int, "windows": dict,
+                                "uploads": (dict, type(None)),
+                                "pending_zeros": (list, type(None))}
 
 
 def digests_problem(path: Path, written: Bitmap) -> str | None:
@@ -168,6 +178,11 @@ class Checkpoint:
             fresh.notes.append("checkpoint is damaged (not a journal of destinations); "
                                "starting over")
             return fresh
+        if data.get("version") != VERSION or data.get("spec") != spec:
+            fresh.notes.append("checkpoint belongs to a different job spec; starting over")
+            fresh.superseded = {str(name): state for name, state in data["sinks"].items()
+                                if isinstance(state, dict)}
+            return fresh
         sinks: dict[str, dict[str, Any]] = {}
         for name, state in data["sinks"].items():
             problem = sink_problem(state)
@@ -180,10 +195,6 @@ class Checkpoint:
                                    "block again into the same pending snapshot")
             else:
                 fresh.notes.append(f"{name}: checkpoint damaged ({problem}); starting it over")
-        if data.get("version") != VERSION or data.get("spec") != spec:
-            fresh.notes.append("checkpoint belongs to a different job spec; starting over")
-            fresh.superseded = sinks
-            return fresh
         return cls(state_dir, job_id, spec, sinks, resumed=True, notes=fresh.notes)
 
     def sink_state(self, name: str) -> dict[str, Any] | None:

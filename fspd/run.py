@@ -217,7 +217,8 @@ def open_checkpoint(state_dir: Path, job_id: str, spec: JobSpec) -> Checkpoint:
         log.info("job_resuming", job=job_id, state_dir=str(state_dir))
     for name, old in checkpoint.superseded.items():
         snapshot_id = old.get("snapshot_id")
-        if old.get("type") != "ebs" or not snapshot_id:
+        if old.get("type") != "ebs" or not isinstance(snapshot_id, str) \
+                or not snapshot_id.startswith("snap-") or "/" in snapshot_id:
             continue
         checkpoint.notes.append(
             f"{name}: abandoned pending snapshot {snapshot_id} of an earlier version of this "

@@ -295,3 +295,55 @@ def test_a_state_dir_that_cannot_be_written_stops_the_job_before_any_request(
     assert "not writable" in result.stderr
     assert not emulator.stats()["requests"]  # not one request: nothing started, or pending
     assert [s for s in emulator.snapshots() if s["status"] == "pending"] == []
+
+
+def _s3_entry(key: str, value: Any) -> Callable[[Job], None]:
+    def damage(job: Job) -> None:
+        def change(data: dict[str, Any]) -> None:
+            data["sinks"][DEST][key] = value
+        _rewrite(job, change)
+    return damage
+
+
+ARCHIVE_DAMAGE = {
+    "windows is a list": _s3_entry("windows", []),
+    "header is a string": _s3_entry("header", "x"),
+    "manifest_bytes is a string": _s3_entry("manifest_bytes", "12"),
+    "sinks is a list": _sinks_as_list,
+}
+
+
+@pytest.mark.parametrize("damage", ARCHIVE_DAMAGE.values(), ids=ARCHIVE_DAMAGE.keys())
+async def test_an_archive_whose_journal_was_damaged_is_written_whole_and_exact(
+        emulator: EmulatorControl, env: dict[str, str], moto: str, tmp_path: Path,
+        damage: Callable[[Job], None]) -> None:
+    from tests.s3._support import assert_archive_is_exactly, s3_client
+    from tests.s3._support import run as run_in_process
+    s3_client(moto).create_bucket(Bucket="damaged")
+    snap = emulator.synthetic(region="us-east-1", volume_size=1, allocation="sparse",
+                              density=0.05, seed=25)
+    job = Job(env, tmp_path, {
+        "source": {"type": "ebs", "snapshot_id": snap},
+        "destinations": [{"type": "s3", "bucket": "damaged", "prefix": "a",
+                          "endpoint_url": moto, "segment_blocks": 4, "zstd_level": 1}]})
+    emulator.faults(latency_ms=40, operations=["GetSnapshotBlock"])
+    proc = job.start()
+    deadline = time.monotonic() + 60
+    while not ((data := job.journal()) and data["sinks"][DEST].get("next_window", 0) >= 2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the job ended before it could be killed: {proc.communicate()}")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc.communicate()
+    emulator.clear_faults()
+    damage(job)
+    result, _err = job.rerun()
+    assert any("damaged" in note for note in result.get("notes", [])), result
+    assert_archive_is_exactly(moto, "damaged", "a")
+    out = tmp_path / "restored.img"
+    await run_in_process({"source": {"type": "s3", "bucket": "damaged", "prefix": "a",
+                                     "endpoint_url": moto},
+                          "destinations": [{"type": "file", "path": str(out)}]})
+    assert_matches_snapshot(out, emulator, snap)
