@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fspd.blocks import Bitmap
+from fspd.blocks import DIGEST_SIZE, Bitmap
 from fspd.log import get_logger
 
 log = get_logger("fspd.checkpoint")
@@ -38,11 +38,93 @@ def encode_bitmap(bitmap: Bitmap) -> str:
     return base64.b64encode(zlib.compress(bitmap.to_bytes(), 6)).decode("ascii")
 
 
+def _bitmap_bytes(text: Any) -> bytes:
+    """The raw bitmap of a journal entry; ValueError for anything that is not one."""
+    if not isinstance(text, str):
+        raise ValueError(f"a bitmap must be a string, not {type(text).__name__}")
+    try:
+        return zlib.decompress(base64.b64decode(text, validate=True))
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"the bitmap does not decode ({exc})") from None
+
+
 def decode_bitmap(text: str, size: int) -> Bitmap:
-    raw = zlib.decompress(base64.b64decode(text))
+    raw = _bitmap_bytes(text)
     if len(raw) != -(-size // 8):
         raise ValueError("bitmap size does not match the volume")
     return Bitmap(size, raw)
+
+
+# Per destination type: the keys whose values are bitmaps, and the keys that must be strings.
+_BITMAPS = {"file": ("bitmap",), "ebs": ("written", "handled"), "s3": ()}
+_STRINGS = {"file": (), "ebs": ("snapshot_id", "client_token"), "s3": ("url",)}
+
+
+def sink_problem(state: Any) -> str | None:
+    """Why one destination's journal entry is unusable, or None when its shape is sound (its
+    sink checks the rest against the target it opens)."""
+    if not isinstance(state, dict):
+        return f"its entry is a {type(state).__name__}, not an object"
+    kind = state.get("type")
+    if kind not in _BITMAPS:
+        return f"unknown destination type {kind!r}"
+    for key in _STRINGS[kind]:
+        if not isinstance(state.get(key), str):
+            return f"{key!r} is not a string"
+    for key in _BITMAPS[kind]:
+        try:
+            _bitmap_bytes(state.get(key))
+        except ValueError as exc:
+            return f"{key!r}: {exc}"
+    if kind == "s3":
+        if not isinstance(state.get("header"), dict):
+            return "'header' is not an object"
+        for key, types in _S3_OPTIONAL.items():
+            if key in state and not isinstance(state[key], types):
+                return f"{key!r} has the wrong type"
+    return None
+
+
+# An archive's journal entry: keys absent once its manifest is written, typed when present.
+_S3_OPTIONAL: dict[str, Any] = {"manifest_bytes": int, "next_window": int, "windows": dict,
+                                "uploads": (dict, type(None)),
+                                "pending_zeros": (list, type(None))}
+
+
+def digests_problem(path: Path, written: Bitmap) -> str | None:
+    """Why the digest log of an upload cannot back the blocks its journal claims (missing,
+    truncated, or a hole where a digest should be), or None. Reads the file once, in order."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return None if written.count == 0 else f"{path.name} is missing"
+    blank = bytes(DIGEST_SIZE)
+    chunk_blocks = 32768  # 1 MiB of digests per read
+    with f:
+        chunk_start, chunk = -1, b""
+        for index in written.iter_set():
+            start = index - index % chunk_blocks
+            if start != chunk_start:
+                f.seek(start * DIGEST_SIZE)
+                chunk_start, chunk = start, f.read(chunk_blocks * DIGEST_SIZE)
+            offset = (index - start) * DIGEST_SIZE
+            entry = chunk[offset:offset + DIGEST_SIZE]
+            if len(entry) < DIGEST_SIZE:
+                return f"{path.name} is truncated (no digest for block {index})"
+            if entry == blank:
+                return f"{path.name} has no digest for block {index}"
+    return None
+
+
+def probe_writable(state_dir: Path) -> None:
+    """Raise OSError unless a journal can be written in ``state_dir`` (created if needed):
+    write, fsync and remove a small file, as a checkpoint save would."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    probe = state_dir / ".write-probe"
+    try:
+        atomic_write(probe, bytes(4096))
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -73,6 +155,9 @@ class Checkpoint:
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed: bool = False  # loaded from an earlier run
     notes: list[str] = field(default_factory=list)
+    # Journal entries of an earlier version of this job (its file changed): not resumed, but
+    # what they left behind (a pending snapshot) is named in the result.
+    superseded: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -89,11 +174,28 @@ class Checkpoint:
         except (OSError, ValueError) as exc:
             fresh.notes.append(f"checkpoint unreadable ({exc}); starting over")
             return fresh
+        if not isinstance(data, dict) or not isinstance(data.get("sinks"), dict):
+            fresh.notes.append("checkpoint is damaged (not a journal of destinations); "
+                               "starting over")
+            return fresh
         if data.get("version") != VERSION or data.get("spec") != spec:
             fresh.notes.append("checkpoint belongs to a different job spec; starting over")
+            fresh.superseded = {str(name): state for name, state in data["sinks"].items()
+                                if isinstance(state, dict)}
             return fresh
-        loaded = cls(state_dir, job_id, spec, dict(data.get("sinks", {})), resumed=True)
-        return loaded
+        sinks: dict[str, dict[str, Any]] = {}
+        for name, state in data["sinks"].items():
+            problem = sink_problem(state)
+            if problem is None:
+                sinks[str(name)] = state
+            elif isinstance(state, dict) and isinstance(state.get("client_token"), str):
+                # The pending snapshot is still this job's: keep it, and send every block.
+                sinks[str(name)] = {"type": "ebs", "client_token": state["client_token"]}
+                fresh.notes.append(f"{name}: checkpoint damaged ({problem}); sending every "
+                                   "block again into the same pending snapshot")
+            else:
+                fresh.notes.append(f"{name}: checkpoint damaged ({problem}); starting it over")
+        return cls(state_dir, job_id, spec, sinks, resumed=True, notes=fresh.notes)
 
     def sink_state(self, name: str) -> dict[str, Any] | None:
         return self.sinks.get(name) if self.resumed else None

@@ -18,7 +18,7 @@ from typing import Any
 from fspd.aws import AwsClients, AwsTarget, call, profile_session
 from fspd.blocks import BLOCK_SIZE, Kind
 from fspd.budget import JobControl, SharedLimits
-from fspd.checkpoint import Checkpoint, spec_digest
+from fspd.checkpoint import Checkpoint, probe_writable, spec_digest
 from fspd.config import Settings
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.ebs import (
@@ -87,19 +87,21 @@ def build_sinks(ctx: JobContext, spec: JobSpec) -> list[Sink]:
                    SOURCE_REGION_TAG: target_for(spec.source).region}
     for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
         if isinstance(dest, EbsDestinationSpec):
-            sinks.append(_ebs_sink(ctx, dest, name, lineage))
+            sinks.append(_ebs_sink(ctx, dest, name, lineage, spec))
         elif isinstance(dest, S3DestinationSpec):
             region = (target_for(spec.source).region
                       if isinstance(spec.source, EbsSourceSpec) else None)
-            sinks.append(archive_sink(ctx, dest, name, spec.source, target_for(dest), region))
+            job = {"id": ctx.job_id, "spec": spec_digest(spec.model_dump_json())}
+            sinks.append(archive_sink(ctx, dest, name, spec.source, target_for(dest), region,
+                                      job))
         else:
             sinks.append(FileSink(ctx, dest.path, name=name, mode=dest.mode))
     return sinks
 
 
 def _ebs_sink(ctx: JobContext, dest: EbsDestinationSpec, name: str,
-              lineage: dict[str, str]) -> EbsSnapshotSink:
-    token = dest.client_token or default_client_token(ctx.job_id, name)
+              lineage: dict[str, str], spec: JobSpec) -> EbsSnapshotSink:
+    token = dest.client_token or default_client_token(ctx.job_id, name, spec)
     return EbsSnapshotSink(
         ctx, target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
         volume_size_gib=dest.volume_size_gib, description=dest.description,
@@ -108,10 +110,13 @@ def _ebs_sink(ctx: JobContext, dest: EbsDestinationSpec, name: str,
         client_token=token, skip_zero_blocks=dest.skip_zero_blocks)
 
 
-def default_client_token(job_id: str, destination: str) -> str:
-    """Stable for one job and destination (a rerun lands on the same snapshot), distinct for
-    any other pair however long the names: a hash, not a truncation."""
-    digest = hashlib.sha256(f"{job_id}\0{destination}".encode()).hexdigest()[:40]
+def default_client_token(job_id: str, destination: str, spec: JobSpec | None = None) -> str:
+    """Stable for one job, version of its job file and destination (a rerun lands on the
+    same snapshot), distinct for any other triple however long the names: a hash, not a
+    truncation. An edited job file gets new snapshots, never the old version's pending one
+    (whose parameters differ: ConflictException, or blocks it does not count)."""
+    content = spec_digest(spec.model_dump_json()) if spec is not None else ""
+    digest = hashlib.sha256(f"{job_id}\0{destination}\0{content}".encode()).hexdigest()[:40]
     return f"fspd-{digest}"
 
 
@@ -159,7 +164,7 @@ async def _put_rules(ctx: JobContext, spec: JobSpec, info: VolumeInfo
     out = []
     for dest, name in zip(spec.destinations, spec.destination_names(), strict=True):
         if isinstance(dest, EbsDestinationSpec):
-            sink = _ebs_sink(ctx, dest, name, {})
+            sink = _ebs_sink(ctx, dest, name, {}, spec)
             out.append((sink, await sink.plan(info)))
     return out
 
@@ -198,9 +203,7 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
         tmp = tempfile.TemporaryDirectory(prefix="fspd-")
         state_dir = Path(tmp.name)
     else:
-        checkpoint = Checkpoint.open(state_dir, job_id, spec_digest(spec.model_dump_json()))
-        if checkpoint.resumed:
-            log.info("job_resuming", job=job_id, state_dir=str(state_dir))
+        checkpoint = open_checkpoint(state_dir, job_id, spec)
     executor = ThreadPoolExecutor(settings.transfer.worker_threads,
                                   thread_name_prefix=f"fspd-{job_id}")
     log.debug("job_starting", job=job_id, verb=spec.verb, source=spec.source.type,
@@ -242,6 +245,34 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
     if checkpoint is not None and checkpoint.notes:
         result["notes"] = list(checkpoint.notes)
     return result
+
+
+def open_checkpoint(state_dir: Path, job_id: str, spec: JobSpec) -> Checkpoint:
+    """The job's journal, after checking (before any request) that it can be written: a job
+    that cannot journal must not start, or a crash would leave a snapshot pending that no
+    rerun can find."""
+    try:
+        probe_writable(state_dir)
+    except OSError as exc:
+        raise BadInput(f"state directory {state_dir} is not writable "
+                       f"({exc.strerror or exc}); the job's journal is kept there",
+                       field="state_dir") from None
+    checkpoint = Checkpoint.open(state_dir, job_id, spec_digest(spec.model_dump_json()))
+    if checkpoint.resumed:
+        log.info("job_resuming", job=job_id, state_dir=str(state_dir))
+    for name, old in checkpoint.superseded.items():
+        snapshot_id = old.get("snapshot_id")
+        if old.get("type") != "ebs" or not isinstance(snapshot_id, str) \
+                or not snapshot_id.startswith("snap-") or "/" in snapshot_id:
+            continue
+        checkpoint.notes.append(
+            f"{name}: abandoned pending snapshot {snapshot_id} of an earlier version of this "
+            "job (its job file changed); AWS cancels it when its Timeout passes; writing a "
+            "new snapshot")
+        (state_dir / f"{snapshot_id}.digests").unlink(missing_ok=True)
+    for note in checkpoint.notes:
+        log.warning("job_not_resumed_as_is", job=job_id, note=note)
+    return checkpoint
 
 
 async def _with_deadline(coro: Any, settings: Settings) -> dict[str, Any]:
@@ -450,7 +481,11 @@ async def _execute_chain(ctx: JobContext, spec: JobSpec, control: JobControl | N
 
 def state_dir_for(root: Path, job_id: str) -> Path:
     path = root / job_id
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise BadInput(f"cannot create the state directory {path} "
+                       f"({exc.strerror or exc})", field="state_dir") from None
     return path
 
 

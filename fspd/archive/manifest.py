@@ -65,6 +65,10 @@ class Header:
     block_size: int = BLOCK_SIZE
     compression: str = "zstd"
     version: int = FORMAT_VERSION
+    # The fspd job that wrote the archive: {"id": job id, "spec": SHA-256 of its job spec}.
+    # Lets a rerun of that job recognise its own finished archive. Optional (absent in older
+    # archives; readers that do not know it ignore it).
+    job: dict[str, str] | None = None
 
     @property
     def block_count(self) -> int:
@@ -120,12 +124,15 @@ def header_json(h: Header) -> dict[str, Any]:
     if h.parent is not None:
         parent = {"bucket": h.parent.bucket, "prefix": h.parent.prefix,
                   "manifest_sha256": h.parent.manifest_sha256, "source": h.parent.source}
-    return {"format": FORMAT_NAME, "version": h.version, "created": h.created,
-            "source": h.source, "origin": h.origin, "volume_size": h.volume_size,
-            "byte_length": h.byte_length, "block_size": h.block_size,
-            "segment_blocks": h.segment_blocks, "compression": h.compression,
-            "zstd_level": h.zstd_level, "description": h.description, "tags": h.tags,
-            "encrypted": h.encrypted, "parent": parent}
+    out = {"format": FORMAT_NAME, "version": h.version, "created": h.created,
+           "source": h.source, "origin": h.origin, "volume_size": h.volume_size,
+           "byte_length": h.byte_length, "block_size": h.block_size,
+           "segment_blocks": h.segment_blocks, "compression": h.compression,
+           "zstd_level": h.zstd_level, "description": h.description, "tags": h.tags,
+           "encrypted": h.encrypted, "parent": parent}
+    if h.job is not None:
+        out["job"] = dict(h.job)
+    return out
 
 
 def record_json(r: Record) -> dict[str, Any]:
@@ -339,12 +346,17 @@ def parse_header(obj: Any, where: str) -> Header:
                                              for k, v in tags.items()):
         raise ManifestError(f"{where}: 'tags' must map strings to strings")
     description = obj.get("description")
+    job = obj.get("job")
+    if job is not None and not (isinstance(job, dict) and all(
+            isinstance(job.get(k), str) for k in ("id", "spec"))):
+        raise ManifestError(f"{where}: 'job' must name the writing job's id and spec")
     return Header(source=source, volume_size=volume_size, byte_length=byte_length,
                   segment_blocks=seg_blocks, zstd_level=int(obj.get("zstd_level") or 0),
                   created=str(obj.get("created", "")), parent=parent,
                   origin=str(obj.get("origin", "")),
                   description=description if isinstance(description, str) else None,
-                  tags=tags, encrypted=obj.get("encrypted") is True, version=version)
+                  tags=tags, encrypted=obj.get("encrypted") is True, version=version,
+                  job={"id": job["id"], "spec": job["spec"]} if job else None)
 
 
 def parse_record(obj: Any, header: Header, where: str) -> Record | Trailer:

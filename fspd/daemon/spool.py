@@ -7,7 +7,9 @@
 ``done/`` and ``failed/``  finished jobs with ``NAME.result.json`` / ``NAME.error.json``
 
 Every move is a ``rename(2)`` that never replaces an existing file; only stale ``tmp/`` files
-are ever deleted. Names starting with ``.`` are ignored (writers' scratch files).
+(and results' temporary files older versions left in ``done/``/``failed/``) are ever deleted.
+Results are written in ``tmp/`` and renamed in, so ``done/`` never holds a partial file.
+Names starting with ``.`` are ignored (writers' scratch files).
 """
 
 from __future__ import annotations
@@ -184,7 +186,10 @@ class Spool:
             final = name if n == 0 else f"{name}~{n}"
             if os.path.lexists(dst / final) or os.path.lexists(dst / (final + suffix)):
                 continue
-            write_json(dst / (final + suffix), record)
+            try:  # written in tmp/ and renamed in: a crash leaves nothing half-written here
+                write_json(dst / (final + suffix), record, scratch=self.box("tmp"))
+            except FileExistsError:
+                continue
             try:
                 rename_noreplace(self.box(src_box) / name, dst / final)
             except FileExistsError:
@@ -208,7 +213,9 @@ class Spool:
         return None
 
     def clean_tmp(self, older_than_s: float, now: float | None = None) -> list[str]:
-        """Delete tmp/ files untouched for ``older_than_s``: writers that died half way."""
+        """Delete tmp/ files untouched for ``older_than_s``: writers that died half way. Also
+        the results' temporary files that older versions wrote in done/ and failed/
+        (``.NAME.result.json.XXXX.tmp``) and a crash left there."""
         now = time.time() if now is None else now
         removed = []
         for entry in self.entries("tmp"):
@@ -216,6 +223,23 @@ class Spool:
                 try:
                     os.unlink(self.box("tmp") / entry.name)
                     removed.append(entry.name)
+                except FileNotFoundError:
+                    pass
+        for box in ("done", "failed"):
+            try:
+                names = os.listdir(self.box(box))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if not (name.startswith(".") and name.endswith(".tmp")
+                        and SIDE_SUFFIXES[0 if box == "done" else 1] in name):
+                    continue
+                path = self.box(box) / name
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than_s:
+                        os.unlink(path)
+                        removed.append(f"{box}/{name}")
                 except FileNotFoundError:
                     pass
         return removed
@@ -244,17 +268,29 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def write_json(path: Path, record: dict[str, Any], *, scratch: Path | None = None) -> None:
+    """Write ``record`` to ``path`` whole or not at all. With ``scratch`` (a directory on the
+    same filesystem, the spool's tmp/) the temporary file lives there, so a crash never leaves
+    one beside the results, and ``path`` is never replaced (FileExistsError)."""
+    # In tmp/ without a leading dot, so that clean_tmp() sees (and removes) a stale one.
+    name = f"{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = scratch / name if scratch is not None else path.parent / f".{name}"
     data = json.dumps(record, indent=2, sort_keys=True, default=str).encode() + b"\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o640)
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if scratch is None:
+            os.replace(tmp, path)
+        else:
+            rename_noreplace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -23,7 +23,7 @@ from fspd.blocks import (
     gib_for_bytes,
     is_zero,
 )
-from fspd.checkpoint import decode_bitmap, encode_bitmap
+from fspd.checkpoint import decode_bitmap, digests_problem, encode_bitmap
 from fspd.endpoints.context import JobContext
 from fspd.errors import BadInput, TransferFailed
 from fspd.log import get_logger
@@ -388,13 +388,21 @@ class EbsSnapshotSink:
         self._handled = Bitmap(self._block_count)
         if state and state.get("snapshot_id") == self.snapshot_id:
             try:
-                self._digests.written = decode_bitmap(state["written"], self._block_count)
-                self._handled = decode_bitmap(state["handled"], self._block_count)
+                written = decode_bitmap(state["written"], self._block_count)
+                handled = decode_bitmap(state["handled"], self._block_count)
+                problem = await self.ctx.offload(digests_problem, self._digests.path, written)
+                if problem:
+                    raise ValueError(problem)
             except (KeyError, ValueError) as exc:
-                raise TransferFailed(f"{self.name}: the checkpoint of snapshot "
-                                     f"{self.snapshot_id} is damaged ({exc})") from None
-            log.info("snapshot_resumed", destination=self.name, snapshot_id=self.snapshot_id,
-                     blocks_done=self._handled.count)
+                # The snapshot still takes blocks: put every one again (a put replaces).
+                self.ctx.note(f"{self.name}: the checkpoint of snapshot {self.snapshot_id} is "
+                              f"damaged ({exc}); sending every block again into it")
+                log.warning("snapshot_checkpoint_damaged", destination=self.name,
+                            snapshot_id=self.snapshot_id, error=str(exc))
+            else:
+                self._digests.written, self._handled = written, handled
+                log.info("snapshot_resumed", destination=self.name,
+                         snapshot_id=self.snapshot_id, blocks_done=self._handled.count)
 
     async def _start(self, params: dict[str, Any]) -> dict[str, Any]:
         ebs = await self.ctx.clients.client("ebs", self.target)

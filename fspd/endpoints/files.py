@@ -32,13 +32,17 @@ from fspd.checkpoint import decode_bitmap, encode_bitmap
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.paths import check_read, check_write
 from fspd.errors import BadInput, TransferFailed
+from fspd.log import get_logger
 from fspd.pipeline import Gap, VolumeInfo
+
+log = get_logger("fspd.files")
 
 GIB = 1 << 30
 _BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_CHUNK = 8 * BLOCK_SIZE
+_SAMPLE_BLOCKS = 8  # written blocks whose digests identify a target on resume
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -196,6 +200,29 @@ class FileSource:
 _DEVICE_GONE = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOSPC, errno.ESHUTDOWN})
 
 
+# Targets locked by jobs of this process (the daemon runs several): (st_dev, st_ino) → job id.
+_LOCKED: dict[tuple[int, int], str] = {}
+
+
+def target_lock_holder(fd: int) -> str:
+    """Who holds the ``flock`` on an open file: a job of this process by its id, else the
+    holding process's pid as /proc/locks tells it."""
+    st = os.fstat(fd)
+    job = _LOCKED.get((st.st_dev, st.st_ino))
+    if job is not None:
+        return f"job {job} of this process"
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == key:
+                    return f"pid {parts[4]} holds its lock"
+    except OSError:
+        pass
+    return "it is locked"
+
+
 class FileSink:
     """Writes an image to a regular file or block device.
 
@@ -216,6 +243,8 @@ class FileSink:
         self.path, self.device = check_write(path, ctx.settings.paths, f"{name}.path",
                                              must_exist=(mode == "in-place"))
         self._fd = -1
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) while locked
+        self._sample: dict[int, str] = {}  # a few written blocks' digests, for resuming
         self._fresh = False
         self._created = False  # this run created the target file
         # A failed fsync is reported once and then forgotten by the kernel (the next one
@@ -241,6 +270,14 @@ class FileSink:
         except OSError as exc:
             raise BadInput(f"cannot open {self.raw_path} for writing: {exc.strerror}",
                            field=f"{self.name}.path") from None
+        self._lock()
+        try:
+            await self._prepare(info)
+        except BaseException:
+            self._close()  # and so unlock
+            raise
+
+    async def _prepare(self, info: VolumeInfo) -> None:
         if self.device:
             size = _device_size(self._fd)
             if size < info.volume_size:
@@ -256,6 +293,24 @@ class FileSink:
                 os.ftruncate(self._fd, info.volume_size)
             self._resume(info)
 
+    def _lock(self) -> None:
+        """Hold an exclusive ``flock`` on the target for the whole job (released on close or
+        exit, even by kill -9), so two jobs never interleave their blocks in one file."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise BadInput(f"cannot lock {self.raw_path}: {exc.strerror}",
+                               field=f"{self.name}.path") from None
+            holder = target_lock_holder(self._fd)
+            self._close()
+            raise BadInput(f"{self.raw_path} is being written by another fspd job ({holder}); "
+                           "wait for it to finish or choose another path",
+                           field=f"{self.name}.path") from None
+        st = os.fstat(self._fd)
+        self._identity = (st.st_dev, st.st_ino)
+        _LOCKED[self._identity] = self.ctx.job_id
+
     def _resume(self, info: VolumeInfo, *, exact_size: bool = False) -> bool:
         """Carry on from an interrupted run if the target still looks as it left it."""
         state = self.ctx.resume_state(self.name)
@@ -265,12 +320,49 @@ class FileSink:
             if exact_size and os.fstat(self._fd).st_size != info.volume_size:
                 raise ValueError("the target's size changed")
             self.written = decode_bitmap(state["bitmap"], info.block_count)
-        except (ValueError, KeyError, OSError) as exc:
+            self._check_identity(state.get("target"), self.written)
+        except (ValueError, KeyError, TypeError, OSError) as exc:
             self.ctx.note(f"{self.name}: cannot resume ({exc}); writing it again")
+            log.warning("resume_refused", destination=self.name, path=str(self.path),
+                        reason=str(exc))
             self.written = Bitmap(info.block_count)
             return False
         self._fresh = bool(state.get("fresh"))
         return True
+
+    def _target_identity(self, written: Bitmap) -> dict[str, Any]:
+        """What identifies the target an interrupted run wrote: its inode (a device's
+        number, which survives a reboot where its node's inode may not), its size, and the
+        digests of a few written blocks spread over the volume."""
+        st = os.fstat(self._fd)
+        ident: dict[str, Any] = {"size": _device_size(self._fd) if self.device
+                                 else st.st_size}
+        if self.device:
+            ident["rdev"] = st.st_rdev
+        else:
+            ident.update(dev=st.st_dev, ino=st.st_ino)
+        ident["sample"] = {str(i): d for i, d in self._sample.items() if i in written}
+        return ident
+
+    def _check_identity(self, saved: Any, written: Bitmap) -> None:
+        """Raise ValueError unless the target is the one the checkpoint describes."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("sample"), dict):
+            raise ValueError("the checkpoint does not identify the target")
+        now = self._target_identity(Bitmap(0))
+        keys = ("size", "rdev") if self.device else ("size", "dev", "ino")
+        for key in keys:
+            if saved.get(key) != now[key]:
+                raise ValueError(f"{self.raw_path} is not the file the interrupted run wrote "
+                                 f"(its {key} changed)")
+        for text, want in saved["sample"].items():
+            index = int(text)
+            if index not in written:
+                continue
+            got = digest(pad_block(os.pread(self._fd, BLOCK_SIZE, index * BLOCK_SIZE))).hex()
+            if got != want:
+                raise ValueError(f"block {index} of {self.raw_path} is not what the "
+                                 "interrupted run wrote")
+            self._sample[index] = want
 
     def has(self, index: int) -> bool:
         return index in self.written
@@ -285,7 +377,8 @@ class FileSink:
             except OSError as exc:
                 self._broken = self._failure(exc, "flushing")
                 raise self._broken from None
-        return {"type": "file", "fresh": self._fresh, "bitmap": encode_bitmap(bitmap)}
+        return {"type": "file", "fresh": self._fresh, "bitmap": encode_bitmap(bitmap),
+                "target": self._target_identity(bitmap)}
 
     def _recreate_sparse(self) -> None:
         os.ftruncate(self._fd, 0)
@@ -313,6 +406,11 @@ class FileSink:
             raise self._failure(exc, f"writing block {block.index}") from None
         self.written.set(block.index)
         self.blocks_written += 1
+        if not block.zero and len(self._sample) < _SAMPLE_BLOCKS:
+            region = block.index * _SAMPLE_BLOCKS // max(1, self.written.size)
+            if all(i * _SAMPLE_BLOCKS // max(1, self.written.size) != region
+                   for i in self._sample):
+                self._sample[block.index] = block.digest.hex()
         return not block.zero
 
     async def gap(self, gap: Gap) -> None:
@@ -341,6 +439,7 @@ class FileSink:
             raise self._broken
         try:
             await self.ctx.offload(self._sync)
+            self._check_still_named()
         except OSError as exc:
             raise self._failure(exc, "flushing") from None
         finally:
@@ -348,6 +447,23 @@ class FileSink:
         return {"destination": self.name, "type": "file", "path": str(self.path),
                 "device": self.device, "bytes": self.volume_size,
                 "blocks_written": self.blocks_written, "state": "completed"}
+
+    def _check_still_named(self) -> None:
+        """Success means the bytes are at the path: it must still name the file (or device)
+        that was written, not nothing (deleted, renamed away) or another file."""
+        mine = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        if self.device:
+            same = now is not None and now.st_rdev == mine.st_rdev
+        else:
+            same = now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+        if not same:
+            what = "was deleted or renamed" if now is None else "now names another file"
+            raise TransferFailed(f"{self.raw_path} {what} while the job wrote it: the image "
+                                 "written is not at that path; run the job again")
 
     def _failure(self, exc: OSError, doing: str) -> TransferFailed:
         """Name the cause in words a user can act on: a full filesystem, a device that went
@@ -389,6 +505,9 @@ class FileSink:
             return None
 
     def _close(self) -> None:
+        if self._identity is not None:
+            _LOCKED.pop(self._identity, None)
+            self._identity = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

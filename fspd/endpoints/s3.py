@@ -116,9 +116,10 @@ class S3ArchiveSink:
                  source: dict[str, Any], segment_blocks: int, zstd_level: int,
                  storage_class: str | None = None, sse: str | None = None,
                  kms_key_id: str | None = None, tags: dict[str, str] | None = None,
-                 parent: S3Location | None = None, base_snapshot_id: str | None = None
-                 ) -> None:
+                 parent: S3Location | None = None, base_snapshot_id: str | None = None,
+                 job: dict[str, str] | None = None) -> None:
         self.ctx = ctx
+        self.job = job  # this job's identity, written into the manifest header
         self.name = name
         self.concurrency = max(2, ctx.settings.transfer.worker_threads * 2)
         self.store = ObjectStore(ctx, target, loc)
@@ -162,7 +163,7 @@ class S3ArchiveSink:
         if state is not None and (state.get("type") != "s3" or state.get("url") != loc.url()):
             state = None
         if await self.store.head(MANIFEST_NAME) is not None:
-            if state is not None and await self._written_by(state):
+            if await self._written_by(state):
                 self.already_complete = True
                 return
             raise BadInput(f"an archive already exists at {loc.url()} (archives are never "
@@ -174,7 +175,7 @@ class S3ArchiveSink:
             segment_blocks=self.width, zstd_level=self.level,
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             parent=parent, origin=info.origin, description=info.description,
-            tags=dict(info.tags), encrypted=info.encrypted)
+            tags=dict(info.tags), encrypted=info.encrypted, job=self.job)
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.ctx.state_dir / f"{self.name}.manifest.jsonl"
         if state is not None:
@@ -191,9 +192,13 @@ class S3ArchiveSink:
                  parent=self._parent_url, segment_blocks=self.width, zstd_level=self.level,
                  resumed_windows=len(self._resumed), next_window=self._next_window)
 
-    async def _written_by(self, state: dict[str, Any]) -> bool:
-        """Whether the archive's manifest is the one this job's interrupted run wrote (the
-        same header, down to its ``created`` time): then the archive is complete."""
+    async def _written_by(self, state: dict[str, Any] | None) -> bool:
+        """Whether the archive's manifest is one this job wrote: the header its interrupted
+        run journaled (down to its ``created`` time), or a header naming this job (same id,
+        same job spec), as a run killed after its manifest but before it could report leaves
+        it. Then the archive is complete."""
+        if state is None and self.job is None:
+            return False
         path = self.ctx.state_dir / f"{self.name}.remote-manifest.jsonl"
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -201,7 +206,8 @@ class S3ArchiveSink:
             manifest = ManifestFile(path, self.store.loc.url(MANIFEST_NAME))
             with path.open("rb") as f:
                 header = json.loads(f.readline())
-            if header != state.get("header"):
+            journaled = state is not None and header == state.get("header")
+            if not journaled and (self.job is None or header.get("job") != self.job):
                 return False
             self._complete = (header, await self.ctx.offload(manifest.validate))
             return True
@@ -675,7 +681,8 @@ def archive_source(ctx: JobContext, spec: S3SourceSpec, target: AwsTarget) -> S3
 
 
 def archive_sink(ctx: JobContext, spec: S3DestinationSpec, name: str, source: Any,
-                 target: AwsTarget, source_region: str | None = None) -> S3ArchiveSink:
+                 target: AwsTarget, source_region: str | None = None,
+                 job: dict[str, str] | None = None) -> S3ArchiveSink:
     loc = S3Location(spec.bucket, clean_prefix(spec.prefix, f"{name}.prefix"))
     parent = None
     if spec.parent_prefix:
@@ -698,4 +705,4 @@ def archive_sink(ctx: JobContext, spec: S3DestinationSpec, name: str, source: An
                          segment_blocks=spec.segment_blocks, zstd_level=spec.zstd_level,
                          storage_class=spec.storage_class, sse=spec.sse,
                          kms_key_id=spec.kms_key_id, tags=spec.tags, parent=parent,
-                         base_snapshot_id=base)
+                         base_snapshot_id=base, job=job)
