@@ -29,6 +29,7 @@ from fspd.blocks import (
     pad_block,
 )
 from fspd.checkpoint import decode_bitmap, encode_bitmap
+from fspd.endpoints import safeopen
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.paths import check_read, check_write
 from fspd.errors import BadInput, TransferFailed
@@ -103,13 +104,16 @@ class FileSource:
         self.raw_path = path
         self.field = field
         self.path = check_read(path, ctx.settings.paths, field)
+        self._rdev = safeopen.device_number(self.path)
         self._fd = -1
         self.size = 0
         self.reads = 0
 
     async def open(self) -> VolumeInfo:
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = safeopen.open_beneath(
+                self.path, safeopen.roots_for(self.path, self.ctx.settings.paths.allow_read,
+                                              self._rdev), os.O_RDONLY, rdev=self._rdev)
         except OSError as exc:
             raise BadInput(f"cannot open {self.raw_path}: {exc.strerror}",
                            field=self.field) from None
@@ -190,6 +194,7 @@ class FileSink:
         self.concurrency = 2
         self.path, self.device = check_write(path, ctx.settings.paths, f"{name}.path",
                                              must_exist=(mode == "in-place"))
+        self._rdev = safeopen.device_number(self.path) if self.device else None
         self._fd = -1
         self._fresh = False
         # A failed fsync is reported once and then forgotten by the kernel (the next one
@@ -204,7 +209,9 @@ class FileSink:
         self.written = Bitmap(info.block_count)
         flags = os.O_RDWR | os.O_CLOEXEC | (0 if self.device else os.O_CREAT)
         try:
-            self._fd = os.open(self.path, flags, 0o644)
+            self._fd = safeopen.open_beneath(
+                self.path, safeopen.roots_for(self.path, self.ctx.settings.paths.allow_write,
+                                              self._rdev), flags, 0o644, rdev=self._rdev)
         except OSError as exc:
             raise BadInput(f"cannot open {self.raw_path} for writing: {exc.strerror}",
                            field=f"{self.name}.path") from None
