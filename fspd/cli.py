@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from fspd import __version__, log
+from fspd.display import printable
 from fspd.errors import ExitCode, FspdError
 
 # Modules that contribute subcommands, in the order they appear in --help.
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except FspdError as exc:
-        print(f"fspd: {exc}", file=sys.stderr)
+        print("fspd: " + "\n".join(printable(line) for line in str(exc).split("\n")),
+              file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("fspd: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from fspd.blocks import BLOCK_SIZE
 from fspd.daemon.scheduler import TERMINAL
-from fspd.display import human_bytes
+from fspd.display import human_bytes, printable
 from fspd.errors import BadInput
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(?:b)?(?:/s)?\s*$", re.IGNORECASE)
@@ -39,7 +39,7 @@ def _pct(rec: dict[str, Any]) -> str:
 
 
 def status_table(status: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
-    lines = [f"fspd {status['version']} pid {status['pid']}: {status['summary']}"]
+    lines = [f"fspd {status['version']} pid {status['pid']}: {printable(status['summary'])}"]
     if not jobs:
         return "\n".join([*lines, "no jobs"])
     lines.append(f"{'JOB':<44} {'STATE':<10} {'PRIO':>4} {'DONE':>5} {'RATE':>12} {'ETA':>7}")
@@ -47,15 +47,16 @@ def status_table(status: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
         eta = j.get("eta_s")
         rate = f"{human_bytes(j.get('rate_recent_bps') or 0)}/s" if j["state"] in (
             "running", "paused") else ""
-        lines.append(f"{j['job'][:44]:<44} {j['state']:<10} {j['priority']:>4} {_pct(j):>5} "
+        lines.append(f"{printable(j['job'])[:44]:<44} {j['state']:<10} {j['priority']:>4} "
+                     f"{_pct(j):>5} "
                      f"{rate:>12} {'' if eta is None else f'{eta:.0f}s':>7}")
         if j.get("error"):
-            lines.append(f"    {j['error'].get('message')}")
+            lines.append(f"    {printable(j['error'].get('message'))}")
     return "\n".join(lines)
 
 
 def job_detail(rec: dict[str, Any]) -> str:
-    lines = [f"job {rec['job']}: {rec['state']}"]
+    lines = [f"job {printable(rec['job'])}: {printable(rec['state'])}"]
     progress = rec.get("progress") or {}
     if progress:
         lines.append(f"  blocks {progress.get('blocks_done')}/{progress.get('blocks_total') or '?'}"
@@ -69,16 +70,18 @@ def job_detail(rec: dict[str, Any]) -> str:
         if progress.get("retries"):
             lines.append(f"  retries {progress['retries']}")
         if progress.get("last_error"):
-            lines.append(f"  last error: {progress['last_error']}")
+            lines.append(f"  last error: {printable(progress['last_error'])}")
     snaps = (rec.get("result") or {}).get("snapshot_ids") or rec.get("snapshot_ids")
     if snaps:
-        lines.append("  snapshots: " + ", ".join(f"{k}={v}" for k, v in snaps.items()))
+        lines.append("  snapshots: " + ", ".join(f"{printable(k)}={printable(v)}"
+                                                 for k, v in snaps.items()))
     for dest in (rec.get("result") or {}).get("destinations", []):
         where = dest.get("snapshot_id") or dest.get("path")
         extra = f" checksum {dest['checksum']}" if dest.get("checksum") else ""
-        lines.append(f"  {dest.get('destination')}: {where} ({dest.get('state')}){extra}")
+        lines.append(f"  {printable(dest.get('destination'))}: {printable(where)} "
+                     f"({dest.get('state')}){extra}")
     if rec.get("error"):
-        lines.append(f"  error: {rec['error'].get('message')}")
+        lines.append(f"  error: {printable(rec['error'].get('message'))}")
     return "\n".join(lines)
 
 
@@ -99,7 +102,8 @@ class Bars:
             if event["state"] in TERMINAL and event.get("event") == "job":
                 return  # history: not worth a bar
             bar = self.bars[job] = tqdm(total=None, unit="B", unit_scale=True,
-                                        unit_divisor=1024, desc=job[:40], file=self.stream,
+                                        unit_divisor=1024, desc=printable(job)[:40],
+                                        file=self.stream,
                                         position=len(self.bars), leave=True,
                                         dynamic_ncols=True)
             self.shown[job] = 0
@@ -110,7 +114,7 @@ class Bars:
         if done > self.shown[job]:
             bar.update(done - self.shown[job])
             self.shown[job] = done
-        bar.set_postfix_str(event["state"], refresh=True)
+        bar.set_postfix_str(printable(event["state"]), refresh=True)
 
     def close(self) -> None:
         for bar in self.bars.values():
