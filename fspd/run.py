@@ -16,6 +16,7 @@ from typing import Any
 
 from aiobotocore.session import AioSession
 
+from fspd import endpoint_policy
 from fspd.aws import AwsClients, AwsTarget, call
 from fspd.blocks import BLOCK_SIZE, Kind
 from fspd.budget import JobControl, SharedLimits
@@ -147,6 +148,8 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
     (after every destination has been aborted and reported). Cancelling the task running it
     stops every stage; ``control`` pauses/resumes it and applies a shared bandwidth limit."""
     job_id = job_id or spec.name or uuid.uuid4().hex[:12]
+    endpoint_policy.check_job(spec, settings.aws.allow_endpoints,
+                              lambda end: target_for(end).region)
     progress = progress or Progress(job_id=job_id)
     progress.job_id = job_id
     started = time.time()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fspd import config, display, jobs, loop
+from fspd import config, display, endpoint_policy, jobs, loop
 from fspd.errors import BadInput
 from fspd.progress import Progress
 from fspd.run import run_job
@@ -204,9 +204,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return execute(spec, args, job_id=job_id, state_dir=state_dir)
 
 
+def operator_endpoints(settings: config.Settings, args: argparse.Namespace
+                       ) -> config.Settings:
+    """Endpoints given on the command line are the operator's choice: allow them."""
+    flags = [getattr(args, key, None) for key in ("endpoint_url", "destination_endpoint_url",
+                                                  "s3_endpoint_url")]
+    given = tuple(p for p in map(endpoint_policy.exact_pattern, filter(None, flags)) if p)
+    if not given:
+        return settings
+    aws = settings.aws.model_copy(update={
+        "allow_endpoints": (*settings.aws.allow_endpoints, *given)})
+    return settings.model_copy(update={"aws": aws})
+
+
 def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None = None,
              state_dir: Path | None = None) -> int:
-    settings = config.load(args.config)
+    settings = operator_endpoints(config.load(args.config), args)
     progress = Progress()
     show = sys.stderr.isatty() and not args.quiet and not args.json
 
