@@ -66,6 +66,27 @@ def test_status_shows_escape_sequences_in_spool_names_escaped(
     assert "failed" in table.stdout and "does not exist" in detail.stdout
 
 
+def test_the_daemons_console_log_shows_spool_names_escaped(
+        cli_env: dict[str, str], shared_dir: Path) -> None:
+    spool = Spool(shared_dir / "spool")
+    spool.ensure()
+    (spool.box("new") / EVIL).write_text('verb = "nonsense"\n')
+    proc = subprocess.Popen(
+        fspd_argv(["--no-log-json", "serve", "--spool", str(spool.root), "--state-dir",
+                   str(shared_dir / "state"), "--socket", str(shared_dir / "fspd.sock"),
+                   "--rescan-interval", "1"]),
+        env=cli_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        wait_for(lambda: (spool.box("failed") / EVIL).exists(), 60, "the rejection")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert "job_rejected" in err, err
+    assert "\x1b" not in err + out and "\u202e" not in err + out
+    assert "evil\\x1b[2J" in err
+
+
 def test_an_error_message_quoting_a_path_shows_it_escaped(fspd: Runner, tmp_path: Path) -> None:
     result = fspd(["run", str(tmp_path / "no\x1b[31mred.toml")])
     assert result.returncode == 2
