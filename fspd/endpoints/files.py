@@ -303,7 +303,8 @@ class FileSink:
     def _sync(self) -> None:
         os.fsync(self._fd)
         if not self.device:
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            dir_fd = safeopen.open_dir_beneath(self.path.parent,
+                                               self.ctx.settings.paths.allow_write)
             try:
                 os.fsync(dir_fd)
             finally:

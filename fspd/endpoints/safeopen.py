@@ -86,6 +86,31 @@ def open_beneath(path: str | os.PathLike[str], roots: Iterable[str], flags: int,
     return fd
 
 
+def open_dir_beneath(path: str | os.PathLike[str], roots: Iterable[str]) -> int:
+    """A read-only descriptor on the directory ``path`` (for fsync), walked like
+    :func:`open_beneath`: a component swapped for a symlink raises :class:`UnsafePath`."""
+    text = os.path.normpath(os.fspath(path))
+    roots = tuple(roots)
+    root = allowed_root(text, roots)
+    if root is None:  # the prefix names a file itself: its directory is the operator's
+        if not any(os.path.dirname(p.rstrip("/")) == text for p in roots):
+            raise UnsafePath(errno.EACCES, f"{text} is outside the allowed paths")
+        root = text
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    for name in PurePosixPath(text).relative_to(root).parts:
+        try:
+            next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _swapped(text, name) from None
+            raise
+        os.close(fd)
+        fd = next_fd
+    return fd
+
+
 def check_opened(fd: int, text: str, *, rdev: int | None = None) -> os.stat_result:
     """The descriptor is the kind of file that was checked (see :func:`open_beneath`)."""
     st = os.fstat(fd)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fspd.endpoints.safeopen import UnsafePath, open_beneath
+from fspd.endpoints.safeopen import UnsafePath, open_beneath, open_dir_beneath
 
 ATTEMPTS = 400  # at least this many opens race the swapper
 MAX_ATTEMPTS = 200_000  # the bound while waiting for both outcomes to show up
@@ -154,3 +154,26 @@ def test_a_fifo_or_hard_link_swapped_in_is_refused_without_hanging(tmp_path: Pat
     with pytest.raises(UnsafePath, match="hard links"):
         open_beneath(allowed / "linked.img", (str(allowed),), os.O_RDWR)
     assert victim.read_bytes() == VICTIM
+
+
+def test_the_directory_to_flush_is_walked_the_same_way(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    (allowed / "a" / "b").mkdir(parents=True)
+    fd = open_dir_beneath(allowed / "a" / "b", (str(allowed),))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    (allowed / "a" / "b").rename(allowed / "a" / "b.real")
+    (allowed / "a" / "b").symlink_to(tmp_path)
+    with pytest.raises(UnsafePath, match="symlink"):
+        open_dir_beneath(allowed / "a" / "b", (str(allowed),))
+
+
+def test_a_prefix_naming_the_file_itself_opens_and_flushes(tmp_path: Path) -> None:
+    target = tmp_path / "only.img"
+    fd = open_beneath(target, (str(target),), os.O_RDWR | os.O_CREAT)
+    os.close(fd)
+    os.close(open_dir_beneath(tmp_path, (str(target),)))
+    with pytest.raises(UnsafePath, match="outside"):
+        open_dir_beneath(tmp_path.parent, (str(target),))
