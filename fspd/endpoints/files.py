@@ -303,8 +303,11 @@ class FileSink:
     def _sync(self) -> None:
         os.fsync(self._fd)
         if not self.device:
-            dir_fd = safeopen.open_dir_beneath(self.path.parent,
-                                               self.ctx.settings.paths.allow_write)
+            try:
+                dir_fd = safeopen.open_dir_beneath(self.path.parent,
+                                                   self.ctx.settings.paths.allow_write)
+            except safeopen.UnsafePath as exc:
+                raise TransferFailed(f"flushing {self.raw_path}: {exc.strerror}") from None
             try:
                 os.fsync(dir_fd)
             finally:

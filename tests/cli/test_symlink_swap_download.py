@@ -69,7 +69,6 @@ def test_downloads_racing_a_swapping_process_never_write_the_victim(
     swap = Swapper(tmp_path)
     cfg = _config(tmp_path, swap.allowed)
     emulator.faults(latency_ms=50, operations=["DescribeSnapshots"])
-    codes = []
     with swap:
         for _ in range(3):
             result = subprocess.run(
@@ -77,7 +76,9 @@ def test_downloads_racing_a_swapping_process_never_write_the_victim(
                 env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                 stdin=subprocess.DEVNULL)
             assert_clean(result)
-            assert result.returncode in (0, 2), result.stderr
+            # Done; refused at the check or the open (2); or, when the directory changed
+            # under a finished job, its flush refused (4). Never the victim.
+            assert result.returncode in (0, 2, 4), result.stderr
+            assert result.returncode != 4 or "symlink" in result.stderr, result.stderr
             assert swap.victim.read_bytes() == VICTIM, result.stderr
-            codes.append(result.returncode)
     assert swap.flips > 0
