@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from fspd import __version__, log
+from fspd.display import printable
 from fspd.errors import BadInput, Cancelled, FspdError
 
 # Modules that contribute subcommands, in the order they appear in --help.
@@ -114,7 +115,8 @@ def _report(exc: FspdError, as_json: bool) -> int:
         exc.parser.print_usage(sys.stderr)
         print(f"{exc.parser.prog}: error: {exc.bare}", file=sys.stderr)
     else:
-        print(f"fspd: {exc}", file=sys.stderr)
+        print("fspd: " + "\n".join(printable(line) for line in str(exc).split("\n")),
+              file=sys.stderr)
     if as_json:
         details: dict[str, Any] = getattr(exc, "json_details", None) or {}
         print(json.dumps({**details, **exc.to_dict(), "exit_code": code}, default=str))

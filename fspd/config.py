@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fspd.errors import BadInput
 
@@ -75,6 +75,23 @@ class PathSettings(_Section):
     allow_devices: tuple[str, ...] = ()
 
 
+class AwsSettings(_Section):
+    # Endpoints a job file may name in endpoint_url, besides AWS's own for the job's partition
+    # (https://*.amazonaws.com, or https://*.amazonaws.com.cn for cn-* regions). Each entry is
+    # scheme://host[:port]; a host may start with "*." and a port may be "*". The command
+    # line's --endpoint-url and AWS_ENDPOINT_URL* in the environment are always allowed.
+    allow_endpoints: tuple[str, ...] = ()
+
+    @field_validator("allow_endpoints")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from fspd.endpoint_policy import parse_pattern
+
+        for entry in value:
+            parse_pattern(entry)
+        return value
+
+
 class DaemonSettings(_Section):
     """``fspd serve``. Keys marked (reload) change on SIGHUP; the others need a restart."""
 
@@ -100,6 +117,7 @@ class Settings(_Section):
     retry: RetrySettings = RetrySettings()
     snapshot: SnapshotSettings = SnapshotSettings()
     paths: PathSettings = PathSettings()
+    aws: AwsSettings = AwsSettings()
     s3: S3Settings = S3Settings()
     daemon: DaemonSettings = DaemonSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

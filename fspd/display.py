@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import unicodedata
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -100,6 +101,29 @@ def progress_text(rec: dict[str, Any]) -> str:
     return text
 
 
+# Control (Cc), format (Cf: bidi overrides, zero-width), line/paragraph separators and lone
+# surrogates (undecodable bytes of a file name): shown escaped, never sent to the terminal.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def printable(value: object) -> str:
+    """``value`` as text safe to print on a terminal: names, paths and messages that came from
+    job files or the spool can hold escape sequences; they are shown as ``\\x1b``-style
+    escapes instead of being interpreted."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or (ch == " ") or unicodedata.category(ch) not in _UNPRINTABLE:
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
 def human_bytes(n: float) -> str:
     """Binary (IEC) units everywhere: 1 KiB = 1024 B, 1 MiB = 2**20 B."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -114,7 +138,7 @@ def summary(result: dict[str, Any]) -> str:
     lines = []
     if verb in ("list", "diff") or result.get("dry_run"):
         what = "changed" if verb == "diff" else "allocated"
-        lines.append(f"{result.get('source')}: {result['blocks']} {what} blocks, "
+        lines.append(f"{printable(result.get('source'))}: {result['blocks']} {what} blocks, "
                      f"{human_bytes(result['blocks'] * BLOCK_SIZE)} "
                      f"(volume {human_bytes(result['volume_size'])})")
         if result.get("plan"):
@@ -147,4 +171,4 @@ def destination_line(dest: dict[str, Any]) -> str:
     line = f"{dest.get('destination', kind)}: {kind} {where} ({dest.get('state')})"
     if dest.get("error"):
         line += f": {dest['error']}"
-    return line
+    return printable(line)

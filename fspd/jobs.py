@@ -70,14 +70,23 @@ class EbsChainSourceSpec(AwsEndpointSpec):
         return value
 
 
+def _local_path(value: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("a file or device path: no NUL or other control characters")
+    return value
+
+
+LocalPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_local_path)]
+
+
 class FileSourceSpec(_Strict):
     type: Literal["file"]
-    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    path: LocalPath
 
 
 class FileDestinationSpec(_Strict):
     type: Literal["file"]
-    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    path: LocalPath
     mode: Literal["image", "in-place"] = "image"
     name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 

@@ -73,6 +73,17 @@ class _LineLogger:
     log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
 
 
+def _printable(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """On a terminal, names and messages from job files are shown with their control
+    characters escaped (JSON lines escape them anyway)."""
+    from fspd.display import printable
+
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = "\n".join(printable(line) for line in value.split("\n"))
+    return event
+
+
 def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
     """Configure structlog for the process. ``json=None`` picks JSON unless stderr is a TTY."""
     stream = stream or sys.stderr
@@ -90,6 +101,7 @@ def configure(level: str = "info", *, json: bool | None = None, stream: Any = No
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.processors.format_exc_info,
+            *(() if json else (_printable,)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

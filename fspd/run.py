@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from fspd import endpoint_policy
 from fspd.aws import AwsClients, AwsTarget, call, profile_session
 from fspd.blocks import BLOCK_SIZE, Kind
 from fspd.budget import JobControl, SharedLimits
@@ -194,6 +195,8 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
     (after every destination has been aborted and reported). Cancelling the task running it
     stops every stage; ``control`` pauses/resumes it and applies a shared bandwidth limit."""
     job_id = job_id or spec.name or uuid.uuid4().hex[:12]
+    endpoint_policy.check_job(spec, settings.aws.allow_endpoints,
+                              lambda end: target_for(end).region)
     progress = progress or Progress(job_id=job_id)
     progress.job_id = job_id
     started = time.time()

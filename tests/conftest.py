@@ -18,6 +18,11 @@ from botocore.config import Config
 
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 
+# The tests' jobs name the emulator and moto on 127.0.0.1 in endpoint_url. As an operator
+# would, the tests' settings allow them; fspd's default allows AWS's own endpoints only.
+TEST_ALLOW_ENDPOINTS = ("http://127.0.0.1:*",)
+TEST_AWS_CONFIG = '\n[aws]\nallow_endpoints = ["http://127.0.0.1:*"]\n'
+
 # Fake but well-formed credentials: tests never talk to AWS.
 TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "AKIAFSPDTESTKEY00001",

@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from fspd import config, jobs, loop
 from fspd.daemon import view
-from fspd.daemon.client import Client, exit_code_for
+from fspd.daemon.client import Client, DaemonUnavailable, exit_code_for
 from fspd.daemon.scheduler import TERMINAL
 from fspd.daemon.spool import Spool
+from fspd.display import printable
 from fspd.errors import BadInput, ExitCode
 
 
@@ -160,14 +161,18 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     sock = socket_path(args) if args.wait else None
     if sock is not None:  # fail before submitting if nobody will run it
         loop.run(_call(sock, "GET", "/v1/status"))
-    if not spool.box("new").is_dir():
-        raise BadInput(f"{spool.root} is not a spool (no new/ directory); is the daemon "
-                       "configured with another daemon.spool_dir?", field="--spool")
     try:
+        if not spool.box("new").is_dir():
+            raise BadInput(f"{spool.root} is not a spool (no new/ directory); is the daemon "
+                           "configured with another daemon.spool_dir?", field="--spool")
         name = spool.submit(data, path.name)
     except PermissionError as exc:
-        raise BadInput(f"cannot write into {spool.root}: {exc.strerror}", field="--spool"
-                       ) from None
+        raise DaemonUnavailable(
+            f"permission denied on {exc.filename or spool.root}: submitting needs write access "
+            "to the spool's tmp/ and new/ (ask for membership of the spool's group)") from None
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot submit into {spool.root}: {exc.strerror or exc}"
+                                ) from None
     if not args.wait:
         print(json.dumps({"job": name}) if args.json else name)
         return 0
@@ -256,7 +261,7 @@ async def _follow(sock: str, job: str | None, *, mode: str, final: bool,
 
 def _cmd_action(args: argparse.Namespace) -> int:
     result = loop.run(_call(socket_path(args), "POST", f"/v1/jobs/{args.job}/{args.action}"))
-    print(f"{result['job']}: {args.action} requested ({result['state']})")
+    print(f"{printable(result['job'])}: {args.action} requested ({printable(result['state'])})")
     return 0
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fspd import config, display, jobs, loop
+from fspd import config, display, endpoint_policy, jobs, loop
 from fspd.commands import sizeof
 from fspd.errors import BadInput, Cancelled
 from fspd.progress import Progress
@@ -227,12 +227,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return execute(spec, args, job_id=job_id, state_dir=state_dir)
 
 
+def operator_endpoints(settings: config.Settings, args: argparse.Namespace
+                       ) -> config.Settings:
+    """Endpoints given on the command line are the operator's choice: allow them."""
+    flags = [getattr(args, key, None) for key in ("endpoint_url", "destination_endpoint_url",
+                                                  "s3_endpoint_url")]
+    given = tuple(p for p in map(endpoint_policy.exact_pattern, filter(None, flags)) if p)
+    if not given:
+        return settings
+    aws = settings.aws.model_copy(update={
+        "allow_endpoints": (*settings.aws.allow_endpoints, *given)})
+    return settings.model_copy(update={"aws": aws})
+
+
 def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None = None,
              state_dir: Path | None = None,
              after: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Run ``spec`` in the foreground and print its result; ``after`` may amend the result
     of a successful run before it is printed."""
-    settings = config.load(args.config)
+    settings = operator_endpoints(config.load(args.config), args)
     progress = Progress()
     show = sys.stderr.isatty() and not args.quiet and not args.json
 

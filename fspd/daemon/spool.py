@@ -32,6 +32,7 @@ from fspd.errors import BadInput
 from fspd.jobs import safe_name
 
 BOXES = ("tmp", "new", "active", "done", "failed")
+SUBMIT_BOXES = ("tmp", "new")  # the only boxes submitters write into
 SIDE_SUFFIXES = (".result.json", ".error.json")
 
 _AT_FDCWD = -100
@@ -69,8 +70,12 @@ class Spool:
         return self.root / name
 
     def ensure(self) -> None:
+        """Make the spool. Submitters (the group) may write into tmp/ and new/ only: in a
+        group-writable root or box they could swap a box for a symlink and have the daemon
+        write its records elsewhere."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
         for box in BOXES:
-            self.box(box).mkdir(parents=True, exist_ok=True, mode=0o770)
+            self.box(box).mkdir(exist_ok=True, mode=0o770 if box in SUBMIT_BOXES else 0o750)
 
     def entries(self, box: str) -> list[Entry]:
         """Job files in ``box`` (not sidecars, not dotfiles), oldest first."""

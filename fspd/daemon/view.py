@@ -9,7 +9,7 @@ import time
 from typing import Any, TextIO
 
 from fspd.daemon.scheduler import TERMINAL
-from fspd.display import ProgressBar, eta_text, human_bytes, percent_text
+from fspd.display import ProgressBar, eta_text, human_bytes, percent_text, printable
 from fspd.errors import BadInput
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:ib|b)?|b)?(?:/s)?\s*$", re.IGNORECASE)
@@ -37,7 +37,7 @@ def _pct(rec: dict[str, Any]) -> str:
 
 
 def status_table(status: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
-    lines = [f"fspd {status['version']} pid {status['pid']}: {status['summary']}"]
+    lines = [f"fspd {status['version']} pid {status['pid']}: {printable(status['summary'])}"]
     if not jobs:
         return "\n".join([*lines, "no jobs"])
     lines.append(f"{'JOB':<44} {'STATE':<10} {'PRIO':>4} {'DONE':>5} {'RATE':>12} {'ETA':>7}")
@@ -46,15 +46,15 @@ def status_table(status: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
         rate = (f"{human_bytes(0 if j['state'] == 'paused' else j.get('rate_recent_bps') or 0)}"
                 "/s" if live else "")
         eta = eta_text(j) if live else ""
-        lines.append(f"{j['job'][:44]:<44} {j['state']:<10} {j['priority']:>4} {_pct(j):>5} "
-                     f"{rate:>12} {eta:>7}")
+        lines.append(f"{printable(j['job'])[:44]:<44} {j['state']:<10} {j['priority']:>4} "
+                     f"{_pct(j):>5} {rate:>12} {eta:>7}")
         if j.get("error"):
-            lines.append(f"    {j['error'].get('message')}")
+            lines.append(f"    {printable(j['error'].get('message'))}")
     return "\n".join(lines)
 
 
 def job_detail(rec: dict[str, Any]) -> str:
-    lines = [f"job {rec['job']}: {rec['state']}"]
+    lines = [f"job {printable(rec['job'])}: {printable(rec['state'])}"]
     progress = rec.get("progress") or {}
     if progress:
         total = progress.get("blocks_total_estimate") or progress.get("blocks_total")
@@ -72,16 +72,18 @@ def job_detail(rec: dict[str, Any]) -> str:
         if progress.get("retries"):
             lines.append(f"  retries {progress['retries']}")
         if progress.get("last_error"):
-            lines.append(f"  last error: {progress['last_error']}")
+            lines.append(f"  last error: {printable(progress['last_error'])}")
     snaps = (rec.get("result") or {}).get("snapshot_ids") or rec.get("snapshot_ids")
     if snaps:
-        lines.append("  snapshots: " + ", ".join(f"{k}={v}" for k, v in snaps.items()))
+        lines.append("  snapshots: " + ", ".join(f"{printable(k)}={printable(v)}"
+                                                 for k, v in snaps.items()))
     for dest in (rec.get("result") or {}).get("destinations", []):
         where = dest.get("snapshot_id") or dest.get("path")
         extra = f" checksum {dest['checksum']}" if dest.get("checksum") else ""
-        lines.append(f"  {dest.get('destination')}: {where} ({dest.get('state')}){extra}")
+        lines.append(f"  {printable(dest.get('destination'))}: {printable(where)} "
+                     f"({dest.get('state')}){extra}")
     if rec.get("error"):
-        lines.append(f"  error: {rec['error'].get('message')}")
+        lines.append(f"  error: {printable(rec['error'].get('message'))}")
     return "\n".join(lines)
 
 
@@ -101,7 +103,7 @@ class Bars:
         if bar is None:
             if event["state"] in TERMINAL and event.get("event") == "job":
                 return  # history: not worth a bar
-            bar = self.bars[job] = ProgressBar(job[:40], position=len(self.bars),
+            bar = self.bars[job] = ProgressBar(printable(job)[:40], position=len(self.bars),
                                                stream=self.stream)
         bar.show(event)
 

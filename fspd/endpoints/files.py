@@ -29,6 +29,7 @@ from fspd.blocks import (
     pad_block,
 )
 from fspd.checkpoint import decode_bitmap, encode_bitmap
+from fspd.endpoints import safeopen
 from fspd.endpoints.context import JobContext
 from fspd.endpoints.paths import check_read, check_write
 from fspd.errors import BadInput, TransferFailed
@@ -118,13 +119,16 @@ class FileSource:
         self.raw_path = path
         self.field = field
         self.path = check_read(path, ctx.settings.paths, field)
+        self._rdev = safeopen.device_number(self.path)
         self._fd = -1
         self.size = 0
         self.reads = 0
 
     async def open(self) -> VolumeInfo:
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = safeopen.open_beneath(
+                self.path, safeopen.roots_for(self.path, self.ctx.settings.paths.allow_read,
+                                              self._rdev), os.O_RDONLY, rdev=self._rdev)
         except OSError as exc:
             raise BadInput(f"cannot open {self.raw_path}: {exc.strerror}",
                            field=self.field) from None
@@ -242,6 +246,7 @@ class FileSink:
         self.concurrency = 2
         self.path, self.device = check_write(path, ctx.settings.paths, f"{name}.path",
                                              must_exist=(mode == "in-place"))
+        self._rdev = safeopen.device_number(self.path) if self.device else None
         self._fd = -1
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) while locked
         self._sample: dict[int, str] = {}  # a few written blocks' digests, for resuming
@@ -259,14 +264,18 @@ class FileSink:
         self.written = Bitmap(info.block_count)
         flags = os.O_RDWR | os.O_CLOEXEC
         try:
+            roots = safeopen.roots_for(self.path, self.ctx.settings.paths.allow_write,
+                                       self._rdev)
             if not self.device:
                 try:  # O_EXCL tells whether this run made the file (removed if it fails)
-                    self._fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+                    self._fd = safeopen.open_beneath(self.path, roots,
+                                                     flags | os.O_CREAT | os.O_EXCL, 0o644)
                     self._created = True
                 except FileExistsError:
                     pass
             if self._fd < 0:
-                self._fd = os.open(self.path, flags, 0o644)
+                self._fd = safeopen.open_beneath(self.path, roots, flags, 0o644,
+                                                 rdev=self._rdev)
         except OSError as exc:
             raise BadInput(f"cannot open {self.raw_path} for writing: {exc.strerror}",
                            field=f"{self.name}.path") from None
@@ -427,7 +436,11 @@ class FileSink:
     def _sync(self) -> None:
         os.fsync(self._fd)
         if not self.device:
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                dir_fd = safeopen.open_dir_beneath(self.path.parent,
+                                                   self.ctx.settings.paths.allow_write)
+            except safeopen.UnsafePath as exc:
+                raise TransferFailed(f"flushing {self.raw_path}: {exc.strerror}") from None
             try:
                 os.fsync(dir_fd)
             finally:

@@ -27,12 +27,13 @@ from botocore.config import Config
 
 from fspd import jobs, loop
 from fspd.blocks import BLOCK_SIZE
-from fspd.config import RetrySettings, Settings, TransferSettings
+from fspd.config import AwsSettings, RetrySettings, Settings, TransferSettings
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 from fspd.run import run_job
 from tests.bench import floors
 from tests.bench.fsp_style import fsp_style_download
 from tests.bench.measure import Cost, measure
+from tests.conftest import TEST_ALLOW_ENDPOINTS
 
 REGION, OTHER = "us-east-1", "us-west-2"
 TARGETS = {"download": 1.5, "upload": 1.5, "copy": 1.5}
@@ -56,7 +57,8 @@ def machine() -> str:
 def settings(**transfer: Any) -> Settings:
     return Settings(transfer=TransferSettings(**({"fetch_concurrency": 32,
                                                   "put_concurrency": 32} | transfer)),
-                    retry=RetrySettings(backoff_base_s=0.01, backoff_cap_s=0.5))
+                    retry=RetrySettings(backoff_base_s=0.01, backoff_cap_s=0.5),
+                    aws=AwsSettings(allow_endpoints=TEST_ALLOW_ENDPOINTS))
 
 
 async def best_of(reps: int, runs: dict[str, Any], clean: Any = None) -> dict[str, Cost]:

@@ -13,9 +13,10 @@ import sys
 from typing import Any
 
 from fspd import jobs, log, loop
-from fspd.config import Settings
+from fspd.config import AwsSettings, Settings
 from fspd.progress import Progress
 from fspd.run import run_job
+from tests.conftest import TEST_ALLOW_ENDPOINTS
 
 
 async def _until(predicate: Any, task: asyncio.Task[Any]) -> None:
@@ -47,7 +48,8 @@ async def main(url: str, snap: str, target: str, blocks: int, mode: str) -> dict
     spec = jobs.validate({"source": source, "destinations": dests})
     idle = rss_mib()
     progress = Progress()
-    task = asyncio.create_task(run_job(spec, Settings(), progress=progress))
+    task = asyncio.create_task(run_job(spec, Settings(aws=AwsSettings(
+        allow_endpoints=TEST_ALLOW_ENDPOINTS)), progress=progress))
     if mode == "download":
         await _until(lambda: progress.blocks_done >= blocks, task)
         task.cancel()

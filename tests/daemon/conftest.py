@@ -21,6 +21,7 @@ import pytest
 
 from fspd.daemon.spool import Spool
 from fspd.emulator.control import EmulatorControl
+from tests.conftest import TEST_AWS_CONFIG
 
 SERVE_START_S = 20.0
 
@@ -65,9 +66,14 @@ class Daemon:
         root.mkdir(parents=True, exist_ok=True)
 
     def start(self, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        args = [*self.args, *(extra or [])]
+        if "--config" not in args:  # the tests' jobs name the emulator: allow it
+            config = self.root / "fspd-test.toml"
+            config.write_text(TEST_AWS_CONFIG)
+            args += ["--config", str(config)]
         cmd = [sys.executable, "-m", "fspd", "--log-json", "serve",
                "--spool", str(self.spool.root), "--state-dir", str(self.root / "state"),
-               "--socket", self.socket, *self.args, *(extra or [])]
+               "--socket", self.socket, *args]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL,

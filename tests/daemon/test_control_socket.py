@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fspd.daemon.access import Peer, Policy
+from fspd.daemon.access import Membership, Peer, Policy
 from fspd.daemon.client import Client, DaemonUnavailable
 from fspd.emulator.control import EmulatorControl
 from tests.daemon.conftest import Daemon, download_job, wait_for
@@ -142,14 +142,17 @@ def test_clients_say_clearly_when_the_daemon_is_not_running(tmp_path: Path) -> N
 
 
 def test_control_policy_from_peer_credentials() -> None:
-    policy = Policy(daemon_uid=1000, control_gid=50, control_members=frozenset({"ops"}),
-                    control_group="fspdctl")
-    assert policy.may_control(Peer(pid=1, uid=0, gid=0), "root")
-    assert policy.may_control(Peer(pid=1, uid=1000, gid=1000), "fspd")
-    assert policy.may_control(Peer(pid=1, uid=2000, gid=50), "someone")  # primary group
-    assert policy.may_control(Peer(pid=1, uid=2001, gid=2001), "ops")  # supplementary
-    assert not policy.may_control(Peer(pid=1, uid=2002, gid=2002), "guest")
-    assert not Policy(daemon_uid=1000).may_control(Peer(pid=1, uid=2000, gid=50), "ops")
+    users = {2000: ("someone", 50), 2001: ("ops", 2001), 2002: ("guest", 2002)}
+    membership = Membership(50, members_of=lambda gid: frozenset({"ops"}),
+                            user_of=users.get)
+    policy = Policy(daemon_uid=1000, control_gid=50, control_group="fspdctl",
+                    membership=membership)
+    assert policy.may_control(Peer(pid=1, uid=0, gid=0))
+    assert policy.may_control(Peer(pid=1, uid=1000, gid=1000))
+    assert policy.may_control(Peer(pid=1, uid=2000, gid=2000))  # primary group
+    assert policy.may_control(Peer(pid=1, uid=2001, gid=2001))  # supplementary
+    assert not policy.may_control(Peer(pid=1, uid=2002, gid=50))  # gid alone: not listed
+    assert not Policy(daemon_uid=1000).may_control(Peer(pid=1, uid=2000, gid=50))
     assert "fspdctl" in policy.explain()
 
 

@@ -17,7 +17,7 @@ from aiobotocore.session import AioSession
 
 from fspd.daemon.scheduler import engine_job_id
 from fspd.emulator.control import EmulatorControl
-from tests.conftest import client_config
+from tests.conftest import TEST_AWS_CONFIG, client_config
 from tests.daemon.conftest import Daemon, wait_for
 from tests.s3._support import (
     BUCKET,
@@ -39,7 +39,7 @@ checkpoint_interval_s = 0.1
 [retry]
 backoff_base_s = 0.01
 backoff_cap_s = 0.2
-"""
+""" + TEST_AWS_CONFIG
 
 GIB = 1 << 30
 

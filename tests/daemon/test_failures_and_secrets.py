@@ -17,6 +17,7 @@ import pytest
 
 from fspd.daemon.scheduler import engine_job_id
 from fspd.emulator.control import EmulatorControl
+from tests.conftest import TEST_AWS_CONFIG
 from tests.daemon.conftest import (
     Daemon,
     assert_file_is_snapshot,
@@ -33,7 +34,7 @@ checkpoint_interval_s = 0.1
 [retry]
 backoff_base_s = 0.01
 backoff_cap_s = 0.1
-"""
+""" + TEST_AWS_CONFIG
 
 
 @pytest.fixture

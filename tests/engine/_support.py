@@ -7,9 +7,10 @@ from typing import Any
 
 from fspd import jobs
 from fspd.blocks import BLOCK_SIZE
-from fspd.config import RetrySettings, Settings, TransferSettings
+from fspd.config import AwsSettings, RetrySettings, Settings, TransferSettings
 from fspd.progress import Progress
 from fspd.run import run_job
+from tests.conftest import TEST_ALLOW_ENDPOINTS
 from tests.images import assert_volume_file as assert_volume_file
 from tests.images import make_image as make_image  # re-exported for the suite
 from tests.images import put_snapshot as put_snapshot
@@ -26,6 +27,7 @@ def fast_settings(**transfer: Any) -> Settings:
         retry=RetrySettings(backoff_base_s=0.005, backoff_cap_s=0.1, max_attempts=12,
                             max_throttle_attempts=200, not_found_window_s=5,
                             completion_wait_s=30),
+        aws=AwsSettings(allow_endpoints=TEST_ALLOW_ENDPOINTS),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fspd.emulator.control import EmulatorControl
+from tests.conftest import TEST_AWS_CONFIG
 from tests.engine._support import assert_volume_file, make_image
 
 
@@ -101,7 +102,9 @@ def test_job_file_runs_a_download(emulator: EmulatorControl, tmp_path: Path) -> 
         "source": {"type": "ebs", "snapshot_id": snap, "endpoint_url": emulator.url},
         "destinations": [{"type": "file", "path": str(tmp_path / "restored.img")}],
     }))
-    result = fspd("run", str(job), "--json")
+    config = tmp_path / "fspd.toml"
+    config.write_text(TEST_AWS_CONFIG)  # the operator allows the job's endpoint_url
+    result = fspd("run", str(job), "--json", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["job_id"] == "nightly-restore"
     assert_volume_file(tmp_path / "restored.img", image)

@@ -22,6 +22,7 @@ import pytest
 
 from fspd.emulator.control import EmulatorControl
 from fspd.errors import BadInput, ExitCode, PermissionProblem
+from tests.conftest import TEST_AWS_CONFIG
 from tests.engine._support import (
     assert_matches_snapshot,
     fast_settings,
@@ -37,7 +38,7 @@ checkpoint_interval_s = 0.1
 [retry]
 backoff_base_s = 0.01
 backoff_cap_s = 0.1
-"""
+""" + TEST_AWS_CONFIG
 
 
 def _mount_tmpfs(where: Path, size: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fspd.emulator.control import EmulatorControl
+from tests.conftest import TEST_AWS_CONFIG
 from tests.engine._support import assert_matches_snapshot, make_image
 
 CONFIG = """
@@ -26,7 +27,7 @@ checkpoint_interval_s = 0.1
 [retry]
 backoff_base_s = 0.01
 backoff_cap_s = 0.2
-"""
+""" + TEST_AWS_CONFIG
 
 
 def _start(job: Path, state: Path, config: Path) -> subprocess.Popen[str]:

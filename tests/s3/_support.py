@@ -12,8 +12,9 @@ import boto3
 
 from fspd import jobs
 from fspd.blocks import BLOCK_SIZE
-from fspd.config import RetrySettings, S3Settings, Settings, TransferSettings
+from fspd.config import AwsSettings, RetrySettings, S3Settings, Settings, TransferSettings
 from fspd.run import run_job
+from tests.conftest import TEST_ALLOW_ENDPOINTS
 from tests.images import assert_volume_file as assert_volume_file
 from tests.images import make_image as make_image  # re-exported for the suite
 from tests.images import put_snapshot as put_snapshot
@@ -31,7 +32,7 @@ def settings(**s3: Any) -> Settings:
                                   worker_threads=2),
         retry=RetrySettings(backoff_base_s=0.005, backoff_cap_s=0.05, max_attempts=3,
                             not_found_window_s=5, completion_wait_s=30),
-        s3=S3Settings(**s3))
+        s3=S3Settings(**s3), aws=AwsSettings(allow_endpoints=TEST_ALLOW_ENDPOINTS))
 
 
 async def run(spec: dict[str, Any], conf: Settings | None = None) -> dict[str, Any]:

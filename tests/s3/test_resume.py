@@ -18,6 +18,7 @@ import pytest
 
 from fspd.archive.manifest import ManifestWriter, Segment, Zeros, segment_key
 from fspd.blocks import BLOCK_SIZE
+from tests.conftest import TEST_AWS_CONFIG
 from tests.s3._support import (
     MIB,
     assert_archive_is_exactly,
@@ -41,7 +42,7 @@ backoff_cap_s = 0.2
 [s3]
 multipart_threshold = {6 * MIB}
 part_size = {5 * MIB}
-"""
+""" + TEST_AWS_CONFIG
 
 
 class Job:
