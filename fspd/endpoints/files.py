@@ -525,18 +525,37 @@ class FileSink:
             os.close(self._fd)
             self._fd = -1
 
+    def _unlink_if(self, written: os.stat_result) -> bool:
+        """Remove the target only if its name still holds the file this run wrote, walking
+        to it as it was opened (no symlink followed), so a swapped path removes nothing else.
+        """
+        parent = safeopen.open_dir_beneath(
+            self.path.parent, safeopen.roots_for(self.path, self.ctx.settings.paths.allow_write,
+                                                 None))
+        try:
+            try:
+                st = os.stat(self.path.name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if (st.st_dev, st.st_ino) != (written.st_dev, written.st_ino):
+                return False
+            os.unlink(self.path.name, dir_fd=parent)
+            return True
+        finally:
+            os.close(parent)
+
     async def abort(self, error: BaseException) -> dict[str, Any]:
         """Say what is left at the target. A file this run created is removed when nothing
         can resume it (no state dir); one kept for resume, or one that existed before (never
         removed), is named in the job's error."""
+        written = os.fstat(self._fd) if self._fd >= 0 else None
         self._close()
         done = f"{self.written.count} of {self.written.size} blocks written"
         if self._created and self.ctx.checkpoint is None:
             try:
-                self.path.unlink()
-                note = f"removed the unfinished {self.path}, which this run created"
-            except FileNotFoundError:
-                note = None
+                removed = written is not None and self._unlink_if(written)
+                note = (f"removed the unfinished {self.path}, which this run created"
+                        if removed else None)
             except OSError as exc:
                 note = f"left the unfinished {self.path} ({done}; removing it failed: " \
                        f"{exc.strerror})"
