@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fspd.config import Settings
 from fspd.errors import BadInput, PermissionProblem
+from fspd.memory import share_models
 from fspd.retry import ApiError
 
 
@@ -80,6 +81,7 @@ class AwsClients:
         if key not in self._sessions:
             try:
                 session = AioSession(profile=target.profile)
+                share_models(session)  # parse each service model once per process
                 if target.role_arn:
                     await self._assume_role(session, target)
             except BotoCoreError as exc:
