@@ -2,7 +2,7 @@
 during it (VmHWM, plus sampled VmRSS), and after every job has finished.
 
 usage: python -m tests.bench.daemon_memory [--jobs 20] [--max-jobs 4] [--size-gib 1]
-       [--density 0.25] [--config-extra 'transfer.max_buffered_blocks=32']
+       [--density 0.25] [--config '[transfer]\\nmax_buffered_blocks = 32'] [--emulator-url U]
 
 The emulator (a separate process on 127.0.0.1) stands in for AWS; the targets go to a
 scratch directory that is removed at the end. Prints one JSON line (and a summary).
@@ -109,17 +109,23 @@ def main() -> int:
     parser.add_argument("--size-gib", type=int, default=1)
     parser.add_argument("--density", type=float, default=0.25)
     parser.add_argument("--config", default="", help="extra fspd.toml text")
+    parser.add_argument("--emulator-url", help="use this emulator instead of starting one")
     args = parser.parse_args()
     for key, value in {"AWS_ACCESS_KEY_ID": "AKIAFSPDBENCH0000001",
                        "AWS_SECRET_ACCESS_KEY": "bench-secret",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(key, value)
     work = Path(tempfile.mkdtemp(prefix="fspd-daemon-mem-"))
+    config = args.config.replace("\\n", "\n")
     try:
-        with EmulatorProcess(data_dir=work / "emulator", args=["--no-throttling"]) as emu:
-            assert emu.url is not None
-            r = run(args.jobs, args.max_jobs, args.size_gib, args.density,
-                    args.config.replace("\\n", "\n"), work, EmulatorControl(emu.url))
+        if args.emulator_url:
+            r = run(args.jobs, args.max_jobs, args.size_gib, args.density, config, work,
+                    EmulatorControl(args.emulator_url))
+        else:
+            with EmulatorProcess(data_dir=work / "emulator", args=["--no-throttling"]) as emu:
+                assert emu.url is not None
+                r = run(args.jobs, args.max_jobs, args.size_gib, args.density, config, work,
+                        EmulatorControl(emu.url))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(r))
