@@ -23,6 +23,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from fspd.config import Settings
 from fspd.errors import BadInput, PermissionProblem
+from fspd.memory import share_models
 from fspd.retry import ApiError, Unreachable, endpoint_answered
 
 
@@ -141,6 +142,7 @@ class AwsClients:
 def profile_session(profile: str | None) -> AioSession:
     """A botocore session for ``profile``; an unknown profile is bad input, named."""
     session = AioSession(profile=profile)
+    share_models(session)  # parse each service model once per process
     try:
         session.get_scoped_config()
     except ProfileNotFound:

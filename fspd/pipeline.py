@@ -100,7 +100,7 @@ class _Fanout:
     __slots__ = ("block", "held", "remaining", "skipped")
 
     def __init__(self, block: Block, remaining: int, held: bool) -> None:
-        self.block = block
+        self.block: Block | None = block
         self.remaining = remaining
         self.skipped = True
         self.held = held  # holds a permit of the shared memory budget
@@ -316,6 +316,9 @@ class Pipeline:
                 stats.in_flight -= 1
             stats.done += 1
             await self._to_sinks(block, held=self._memory is not None)
+            # Waiting for its next permit, a fetcher must not keep this block alive: its
+            # permit goes back when the sinks have it, and the budget would not count it.
+            del block
 
     async def _to_sinks(self, item: Block | Gap, *, held: bool = False) -> None:
         live = [st for st in self.sinks if st.error is None]
@@ -364,6 +367,7 @@ class Pipeline:
             item.skipped = False
         if item.remaining == 0:
             self.progress.block_done(skipped=item.skipped)
+            item.block = None  # a writer waiting for its next item still refers to this one
             if item.held:
                 self._release()
 

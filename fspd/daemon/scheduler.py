@@ -28,6 +28,7 @@ from fspd.daemon.events import EventHub
 from fspd.daemon.spool import Entry, Spool
 from fspd.errors import BadInput, FspdError
 from fspd.log import get_logger
+from fspd.memory import trim
 from fspd.progress import Progress
 from fspd.run import run_job, state_dir_for
 
@@ -297,6 +298,7 @@ class Scheduler:
             if rec.lock_fd is not None:
                 os.close(rec.lock_fd)
                 rec.lock_fd = None
+            trim()  # the job's buffers are free: give the pages back (fspd/memory.py)
 
     def _account(self, rec: JobRecord) -> None:
         p = rec.progress

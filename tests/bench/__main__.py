@@ -321,6 +321,16 @@ class Bench:
             raise RuntimeError(out.stderr[-2000:])
         return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
+    def daemon_memory(self, jobs: int, density: float) -> dict[str, Any]:
+        """RSS of a real ``fspd serve`` (max_jobs=4) running a wave of download jobs."""
+        out = subprocess.run(
+            [sys.executable, "-m", "tests.bench.daemon_memory", "--jobs", str(jobs),
+             "--max-jobs", "4", "--density", str(density), "--emulator-url", self.url],
+            capture_output=True, text=True, timeout=1800, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:] + out.stdout[-2000:])
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
 
 class MotoServer:
     """moto's S3 server as a separate process on 127.0.0.1, for movetos3."""
@@ -414,6 +424,14 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
                         else f"download, stopped after {r['blocks']} blocks")
                 print(f"{label:>7} {what:<42} idle {r['idle_rss_mib']:6.1f} MiB   "
                       f"peak {r['peak_rss_mib']:6.1f} MiB")
+        r = bench.daemon_memory(args.daemon_jobs, args.daemon_density)
+        met = ("met" if r["peak_rss_mib"] <= r["target_peak_mib"]
+               and r["after_rss_mib"] <= r["target_after_mib"] else "MISSED")
+        print(f"fspd serve, {r['jobs']} downloads of {r['density']:.0%} of 1 GiB, max_jobs "
+              f"{r['max_jobs']}: idle {r['idle_rss_mib']:.0f} MiB, peak "
+              f"{r['peak_rss_mib']:.0f} MiB (target <= {r['target_peak_mib']}), after "
+              f"{r['after_rss_mib']:.0f} MiB (target <= idle + 64 = "
+              f"{r['target_after_mib']:.0f})   {met}")
     finally:
         if bench.shm != work:
             shutil.rmtree(bench.shm, ignore_errors=True)
@@ -424,6 +442,10 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=2048, help="blocks per CPU case")
     parser.add_argument("--latency-blocks", type=int, default=1000)
     parser.add_argument("--memory-blocks", type=int, default=4000)
+    parser.add_argument("--daemon-jobs", type=int, default=20,
+                        help="jobs in the fspd serve memory wave (max_jobs 4)")
+    parser.add_argument("--daemon-density", type=float, default=0.25,
+                        help="allocated share of each 1 GiB snapshot of that wave")
     parser.add_argument("--caps", type=int, nargs="+", default=[250, 1000])
     parser.add_argument("--throttle-blocks", type=int, default=4096,
                         help="blocks of the random-throttling download (4096 = 2 GiB)")
@@ -437,6 +459,7 @@ def main() -> int:
         args.blocks, args.latency_blocks, args.memory_blocks = 128, 60, 200
         args.throttle_blocks = 256
         args.caps, args.reps, args.memory_gib = [100], 1, 64
+        args.daemon_jobs, args.daemon_density = 4, 0.02
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAFSPDBENCH0000001")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
