@@ -142,7 +142,6 @@ class AwsClients:
 def profile_session(profile: str | None) -> AioSession:
     """A botocore session for ``profile``; an unknown profile is bad input, named."""
     session = AioSession(profile=profile)
-    share_models(session)  # parse each service model once per process
     try:
         session.get_scoped_config()
     except ProfileNotFound:
@@ -153,6 +152,8 @@ def profile_session(profile: str | None) -> AioSession:
             f"{session.get_config_variable('credentials_file')}", field="profile") from None
     except BotoCoreError as exc:  # an unreadable or malformed config file
         raise BadInput(str(exc), field="profile") from None
+    # Once the profile is known to exist: reading data_path through an unknown one raises.
+    share_models(session)  # parse each service model once per process
     return session
 
 
