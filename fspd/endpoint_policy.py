@@ -90,13 +90,14 @@ def _ends(spec: Any) -> Iterator[tuple[str, Any]]:
         yield f"destinations[{i}]", dest
 
 
-def check_job(spec: Any, allow: Iterable[str], region_of: Callable[[Any], str]) -> None:
+def check_job(spec: Any, allow: Iterable[str], region_of: Callable[[str, Any], str]) -> None:
     """Refuse (BadInput naming the field) any ``endpoint_url`` of ``spec`` not allowed.
-    ``region_of`` gives an end's region (its own, or the default one)."""
+    ``region_of(field, end)`` gives an end's region (its own, or its profile's default),
+    naming ``field`` in any error."""
     patterns = [parse_pattern(p) for p in allow]
     for field, end in _ends(spec):
         url = getattr(end, "endpoint_url", None)
-        if url is None or allowed(url, region_of(end), patterns):
+        if url is None or allowed(url, region_of(field, end), patterns):
             continue
         raise BadInput(f"{url} is not an endpoint jobs may name: fspd signs requests with its "
                        "own credentials, so a job may name only AWS's endpoints for its "

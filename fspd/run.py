@@ -67,6 +67,21 @@ def target_for(spec: AwsEndpointSpec) -> AwsTarget:
                      external_id=spec.external_id)
 
 
+def _named_by_end(exc: BadInput, field: str) -> BadInput:
+    """A profile error (field ``profile``) named by the end it belongs to (``source.profile``,
+    ``destinations[0].profile``); any other error as it is."""
+    if exc.field != "profile":
+        return exc
+    return BadInput(str(exc).removeprefix("profile: "), field=f"{field}.profile")
+
+
+def _region_of(field: str, end: AwsEndpointSpec) -> str:
+    try:
+        return target_for(end).region
+    except BadInput as exc:
+        raise _named_by_end(exc, field) from None
+
+
 def build_source(ctx: JobContext, spec: JobSpec) -> Source:
     src = spec.source
     if isinstance(src, EbsSourceSpec):
@@ -195,8 +210,7 @@ async def run_job(spec: JobSpec, settings: Settings, *, job_id: str | None = Non
     (after every destination has been aborted and reported). Cancelling the task running it
     stops every stage; ``control`` pauses/resumes it and applies a shared bandwidth limit."""
     job_id = job_id or spec.name or uuid.uuid4().hex[:12]
-    endpoint_policy.check_job(spec, settings.aws.allow_endpoints,
-                              lambda end: target_for(end).region)
+    endpoint_policy.check_job(spec, settings.aws.allow_endpoints, _region_of)
     progress = progress or Progress(job_id=job_id)
     progress.job_id = job_id
     started = time.time()
@@ -304,10 +318,7 @@ async def check_regions(ctx: JobContext, spec: JobSpec) -> None:
             target = target_for(end)
             await ctx.clients.credentials(target)
         except BadInput as exc:
-            if exc.field == "profile":
-                raise BadInput(str(exc).removeprefix("profile: "),
-                               field=f"{field}.profile") from None
-            raise
+            raise _named_by_end(exc, field) from None
         targets.append((field, end, target))
     # S3 archive endpoints are S3 only (maybe an S3-compatible store): no EC2 to ask.
     known: dict[tuple[Any, ...], set[str]] = {}
