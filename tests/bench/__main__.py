@@ -285,7 +285,7 @@ class Bench:
                                   density=blocks / (gib * 2048))
         out = self.shm / "throttled.img"
         spec = job(self.ebs(snap), {"type": "file", "path": str(out)})
-        cfg = Settings()
+        cfg = Settings(aws=AwsSettings(allow_endpoints=TEST_ALLOW_ENDPOINTS))
 
         walls: dict[str, float] = {}
         gets: dict[str, int] = {}

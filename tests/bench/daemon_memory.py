@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
-from tests.daemon.conftest import Daemon, download_job, wait_for
+from tests.daemon.conftest import Daemon, download_job, wait_for, write_config
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -73,8 +73,7 @@ def run(jobs: int, max_jobs: int, size_gib: int, density: float, config: str,
         work: Path, emulator: EmulatorControl, timeout: float = 1800) -> dict[str, Any]:
     snaps = [emulator.synthetic(volume_size=size_gib, allocation="sparse", density=density,
                                 seed=100 + i) for i in range(jobs)]
-    conf = work / "fspd.toml"
-    conf.write_text(config)
+    conf = write_config(work / "fspd.toml", config)
     daemon = Daemon(work / "daemon", ["--config", str(conf), "--max-jobs", str(max_jobs),
                                       "--rescan-interval", "1"])
     daemon.start()

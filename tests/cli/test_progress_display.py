@@ -21,7 +21,13 @@ from typing import Any
 
 from fspd.emulator.control import EmulatorControl
 from tests.cli.conftest import fspd_argv
-from tests.daemon.conftest import Daemon, _UnixHTTPConnection, download_job, wait_for
+from tests.daemon.conftest import (
+    Daemon,
+    _UnixHTTPConnection,
+    download_job,
+    wait_for,
+    write_config,
+)
 from tests.daemon.conftest import make_daemon as make_daemon  # the daemon tests' fixture
 
 _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -197,8 +203,8 @@ def _first_event(d: Daemon, job: str, want: Callable[[dict[str, Any]], bool],
 def _slow_daemon_job(make_daemon: Callable[..., Daemon], emulator: EmulatorControl,
                      tmp_path: Path) -> tuple[Daemon, str]:
     """A daemon running a download slowed by latency and two fetchers, once it has moved."""
-    config = tmp_path / "fspd.toml"
-    config.write_text("[transfer]\nfetch_concurrency = 2\nqueue_blocks = 4\n")
+    config = write_config(tmp_path / "fspd.toml",
+                          "[transfer]\nfetch_concurrency = 2\nqueue_blocks = 4\n")
     d = make_daemon("--config", str(config), "--rescan-interval", "1")
     snap = emulator.synthetic(volume_size=8, allocation="sparse", density=0.05, seed=17)
     emulator.faults(latency_ms=50, operations=["GetSnapshotBlock"])

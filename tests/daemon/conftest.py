@@ -26,6 +26,13 @@ from tests.conftest import TEST_AWS_CONFIG
 SERVE_START_S = 20.0
 
 
+def write_config(path: Path, text: str = "") -> Path:
+    """An fspd.toml of ``text`` that also allows the tests' endpoints (their jobs name the
+    emulator and moto on 127.0.0.1)."""
+    path.write_text(text + TEST_AWS_CONFIG)
+    return path
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
              ) -> Any:
     deadline = time.monotonic() + timeout
@@ -68,9 +75,7 @@ class Daemon:
     def start(self, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         args = [*self.args, *(extra or [])]
         if "--config" not in args:  # the tests' jobs name the emulator: allow it
-            config = self.root / "fspd-test.toml"
-            config.write_text(TEST_AWS_CONFIG)
-            args += ["--config", str(config)]
+            args += ["--config", str(write_config(self.root / "fspd-test.toml"))]
         cmd = [sys.executable, "-m", "fspd", "--log-json", "serve",
                "--spool", str(self.spool.root), "--state-dir", str(self.root / "state"),
                "--socket", self.socket, *args]

@@ -9,13 +9,12 @@ from pathlib import Path
 
 from fspd.daemon.scheduler import engine_job_id
 from fspd.emulator.control import EmulatorControl
-from tests.daemon.conftest import Daemon, assert_file_is_snapshot, wait_for
+from tests.daemon.conftest import Daemon, assert_file_is_snapshot, wait_for, write_config
 
 
 def test_a_second_daemon_job_onto_a_target_in_use_fails_naming_the_first(
         make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
-    config = tmp_path / "fspd.toml"
-    config.write_text("[transfer]\nfetch_concurrency = 2\n")
+    config = write_config(tmp_path / "fspd.toml", "[transfer]\nfetch_concurrency = 2\n")
     daemon = make_daemon("--config", str(config), "--rescan-interval", "1")
     snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.1, seed=51)
     other = emulator.synthetic(volume_size=1, allocation="sparse", density=0.02, seed=52)

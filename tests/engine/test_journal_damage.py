@@ -23,6 +23,7 @@ import pytest
 
 from fspd.emulator.control import EmulatorControl
 from tests.cli.conftest import assert_clean, fspd_argv
+from tests.conftest import TEST_AWS_CONFIG
 from tests.engine._support import assert_matches_snapshot, make_image
 
 NAME = "journal"
@@ -35,7 +36,7 @@ checkpoint_interval_s = 0.1
 [retry]
 backoff_base_s = 0.01
 backoff_cap_s = 0.2
-"""
+""" + TEST_AWS_CONFIG
 
 
 @pytest.fixture

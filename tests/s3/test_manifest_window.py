@@ -18,6 +18,7 @@ from fspd.archive.manifest import ManifestError, parse_header
 from fspd.checkpoint import spec_digest
 from fspd.jobs import parse
 from tests.cli.conftest import assert_clean, fspd_argv
+from tests.conftest import TEST_AWS_CONFIG
 from tests.s3._support import (
     assert_archive_is_exactly,
     assert_volume_file,
@@ -40,12 +41,14 @@ class Job:
                                        "endpoint_url": moto, "zstd_level": 1,
                                        "segment_blocks": 4, **dest}]}
         self.path.write_text(json.dumps(self.spec))
+        self.config = tmp_path / "fspd.toml"
+        self.config.write_text(TEST_AWS_CONFIG)  # the operator allows moto's endpoint_url
 
     def run(self) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "AWS_ENDPOINT_URL_S3": self.moto}
         result = subprocess.run(
             fspd_argv(["fspd", "--log-level", "warning", "run", str(self.path), "--state-dir",
-                       str(self.state), "--json"]),
+                       str(self.state), "--config", str(self.config), "--json"]),
             capture_output=True, text=True, timeout=120, env=env, cwd=self.tmp,
             stdin=subprocess.DEVNULL)
         assert_clean(result)
