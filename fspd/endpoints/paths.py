@@ -58,9 +58,19 @@ def mounted_devices() -> set[int]:
     return found
 
 
+def _resolve(raw: str, path: Path, field: str) -> Path:
+    """``realpath``, or BadInput if a component changes while it is resolved (a symlink
+    swapped for a directory between its lstat and its readlink: EINVAL)."""
+    try:
+        return Path(os.path.realpath(path))
+    except OSError as exc:
+        raise BadInput(f"{raw} changed while it was resolved ({exc.strerror or exc}); "
+                       "run the job again once it stays put", field=field) from None
+
+
 def check_read(raw: str, settings: PathSettings, field: str) -> Path:
     path = Path(os.path.abspath(raw))
-    real = Path(os.path.realpath(path))
+    real = _resolve(raw, path, field)
     if _is_device_path(real):
         if not _under(real, settings.allow_devices):
             raise BadInput(f"{raw}: reading devices needs the device in paths.allow_devices",
@@ -82,7 +92,7 @@ def check_write(raw: str, settings: PathSettings, field: str, *, must_exist: boo
                 ) -> tuple[Path, bool]:
     """Return (resolved path, is_block_device) or raise BadInput naming ``field``."""
     path = Path(os.path.abspath(raw))
-    real = Path(os.path.realpath(path))
+    real = _resolve(raw, path, field)
     if _is_device_path(path) or _is_device_path(real):
         if not real.exists():
             raise BadInput(f"{raw} does not exist; fspd does not create files under /dev",
@@ -99,13 +109,18 @@ def check_write(raw: str, settings: PathSettings, field: str, *, must_exist: boo
         return real, True
     if not _under(real, settings.allow_write):
         raise BadInput(f"{raw} is outside the writable paths (paths.allow_write)", field=field)
-    if real.exists():
-        st = os.stat(real)
-        if stat.S_ISBLK(st.st_mode):
-            if st.st_rdev in mounted_devices():
+    try:  # one stat, not exists() then stat(): the path may change between the two
+        found: os.stat_result | None = os.stat(real)
+    except FileNotFoundError:
+        found = None
+    except OSError as exc:
+        raise BadInput(f"{raw}: {exc.strerror or exc}", field=field) from None
+    if found is not None:
+        if stat.S_ISBLK(found.st_mode):
+            if found.st_rdev in mounted_devices():
                 raise BadInput(f"{raw} is mounted; unmount it first", field=field)
             return real, True
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(found.st_mode):
             raise BadInput(f"{raw} is neither a regular file nor a block device", field=field)
     elif must_exist:
         raise BadInput(f"{raw} does not exist", field=field)
