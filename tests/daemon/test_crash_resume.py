@@ -10,10 +10,8 @@ on a busy machine."""
 
 from __future__ import annotations
 
-import base64
 import json
 import random
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from aiobotocore.session import AioSession
 
 from fspd.daemon.scheduler import engine_job_id
 from fspd.emulator.control import EmulatorControl
+from tests.checkpoints import durable_blocks
 from tests.conftest import client_config
 from tests.daemon.conftest import Daemon, wait_for
 from tests.s3._support import (
@@ -70,29 +69,6 @@ def crashable(make_daemon: Callable[..., Daemon], tmp_path: Path) -> Daemon:
     config = tmp_path / "fspd.toml"
     config.write_text(CONFIG)
     return make_daemon("--config", str(config), "--rescan-interval", "1")
-
-
-def durable_blocks(checkpoint: Path) -> int:
-    """How much the checkpoint on disk claims is durable at its least advanced destination
-    (blocks for files and snapshots, windows for S3 archives); 0 before the first one."""
-    try:
-        sinks = json.loads(checkpoint.read_text())["sinks"]
-    except (OSError, ValueError, KeyError):  # not written yet
-        return 0
-    counts = []
-    for state in sinks.values():
-        if state.get("type") == "file":
-            counts.append(_bits(state["bitmap"]))
-        elif state.get("type") == "ebs":
-            counts.append(_bits(state["handled"]))
-        elif state.get("type") == "s3":
-            counts.append(int(state.get("next_window") or 0) + len(state.get("windows") or {}))
-    return min(counts, default=0)
-
-
-def _bits(encoded: str) -> int:
-    """Set bits of a checkpoint bitmap (base64 of zlib, as fspd.checkpoint writes it)."""
-    return sum(byte.bit_count() for byte in zlib.decompress(base64.b64decode(encoded)))
 
 
 def crash_mid_job(d: Daemon, job: str, seed: int) -> None:
