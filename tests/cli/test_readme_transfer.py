@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from fspd.emulator.control import EmulatorControl
+from tests.checkpoints import durable_blocks
 from tests.cli._readme import (
     data_requests,
     describe,
@@ -20,8 +26,11 @@ from tests.cli._readme import (
     snapshot_ids,
     tags_of,
     typed,
+    using_it_lines,
 )
-from tests.cli.conftest import Runner
+from tests.cli.conftest import Runner, fspd_argv
+from tests.conftest import ROOT
+from tests.daemon.conftest import wait_for
 from tests.images import B, assert_volume_file, make_image, put_snapshot
 from tests.s3._support import GIB, assert_file_is_volume, listed
 
@@ -255,3 +264,181 @@ async def test_a_dropped_target_that_never_opened_does_not_stop_a_resumable_run(
     states = {d["destination"]: d["state"] for d in json.loads(result.stdout)["destinations"]}
     assert sorted(states.values()) == ["completed", "failed"], states
     await assert_file_is_volume(good, emulator, ebs, snap, GIB)
+
+
+# --- fspd run JOB --state-dir DIR, with the example job files -----------------------------
+
+def _example(name: str, **values: str) -> str:
+    """A job file of config/examples/ with its ${placeholders} filled in."""
+    text = (ROOT / "config" / "examples" / name).read_text(encoding="utf-8")
+    for key, value in values.items():
+        assert "${" + key + "}" in text, (name, key)
+        text = text.replace("${" + key + "}", value)
+    assert "${" not in text, text
+    return text
+
+
+def _run_line(home: Path) -> str:
+    """The README's run line as a shell would pass it: ``~`` is HOME (here ``home``)."""
+    line = readme_command("run")
+    assert " ~/" in line, line
+    return line.replace(" ~/", f" {home}/")
+
+
+@pytest.mark.parametrize("example", ["download.toml", "upload.toml", "copy-region.toml"])
+async def test_run_with_a_state_dir_runs_each_example_job_file(
+        fspd: Runner, emulator: EmulatorControl, ebs: Any, tmp_path: Path,
+        example: str) -> None:
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.02, seed=13)
+    image = make_image(tmp_path / "disk.img", LAYOUT, seed=13)
+    out = tmp_path / "web01.img"
+    job = _example(example, **{k: v for k, v in {
+        "source_snapshot_id": snap, "endpoint_url": emulator.url, "download_path": str(out),
+        "image_path": str(tmp_path / "disk.img")}.items()
+        if "${" + k + "}" in (ROOT / "config" / "examples" / example).read_text()})
+    (tmp_path / "job.toml").write_text(job)
+    name = tomllib.loads(job)["name"]
+    result = fspd(_run_line(tmp_path), extra_env={"HOME": str(tmp_path)})
+    _ok(result)
+    if example == "download.toml":
+        await assert_file_is_volume(out, emulator, ebs, snap, GIB)
+    elif example == "upload.toml":
+        new = _only_new_snapshot(emulator, "us-east-1", {snap})
+        assert emulator.image(new, length=len(image)) == image
+        assert tags_of(describe(emulator.url, new))["origin"] == "fspd-demo"
+        assert describe(emulator.url, new)["Description"] == "uploaded by fspd demo"
+    else:
+        copy = _only_new_snapshot(emulator, "us-west-2", set())
+        for index in await listed(ebs, snap):
+            assert emulator.image(copy, "us-west-2", index * B, B) == \
+                emulator.image(snap, "us-east-1", index * B, B), f"block {index}"
+    # The state directory held this job's journal, removed once the job succeeded.
+    state = tmp_path / ".local" / "state" / "fspd" / name
+    assert state.is_dir() and not (state / "checkpoint.json").exists()
+
+
+def test_run_with_a_state_dir_resumes_after_kill_9(
+        fspd: Runner, cli_env: dict[str, str], emulator: EmulatorControl,
+        tmp_path: Path) -> None:
+    """"resumes if cut off": kill -9 once the journal claims written blocks, run the same
+    line again; it reads only the rest."""
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.1, seed=14)
+    out = tmp_path / "web01.img"
+    (tmp_path / "job.toml").write_text(_example(
+        "download.toml", source_snapshot_id=snap, endpoint_url=emulator.url,
+        download_path=str(out)))
+    (tmp_path / "slow.toml").write_text("[transfer]\nfetch_concurrency = 2\n"
+                                        "checkpoint_interval_s = 0.1\n")
+    env = {**cli_env, "HOME": str(tmp_path), "FSPD_CONFIG": str(tmp_path / "slow.toml")}
+    emulator.faults(latency_ms=50, operations=["GetSnapshotBlock"])
+    proc = subprocess.Popen(fspd_argv(_run_line(tmp_path)), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / ".local" / "state" / "fspd" / "demo-download" / "checkpoint.json"
+    try:
+        wait_for(lambda: durable_blocks(checkpoint) >= 3 or proc.poll() is not None, 60,
+                 "the journal to claim written blocks")
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.kill()
+        proc.communicate()
+    emulator.clear_faults()
+    emulator.reset_stats()
+    result = fspd(_run_line(tmp_path) + " --json",
+                  extra_env={"HOME": str(tmp_path), "FSPD_CONFIG": str(tmp_path / "slow.toml")})
+    _ok(result)
+    report = json.loads(result.stdout)
+    assert report["resumed"] is True and report["blocks_resumed"] >= 3
+    assert emulator.stats()["requests"]["GetSnapshotBlock"] == \
+        report["blocks_done"] - report["blocks_resumed"]
+    assert_same_as_snapshot(out, emulator, snap)
+
+
+def assert_same_as_snapshot(path: Path, emulator: EmulatorControl, snap: str) -> None:
+    size = path.stat().st_size
+    assert size == GIB
+    with path.open("rb") as f:
+        for offset in range(0, size, 128 << 20):
+            assert f.read(128 << 20) == emulator.image(snap, offset=offset,
+                                                        length=128 << 20), offset
+
+
+def test_run_dry_run_plans_an_example_job_without_data_requests(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.02, seed=15)
+    (tmp_path / "job.toml").write_text(_example(
+        "copy-region.toml", source_snapshot_id=snap, endpoint_url=emulator.url))
+    emulator.reset_stats()
+    result = fspd(_run_line(tmp_path) + " --dry-run", extra_env={"HOME": str(tmp_path)})
+    _ok(result)
+    assert "dry run" in result.stdout, result.stdout
+    assert data_requests(emulator.stats()) == {}
+    assert emulator.snapshots(region="us-west-2") == []
+
+
+# --- fspd emulator --port N ------------------------------------------------------------------
+
+def test_emulator_on_a_given_port_answers_ebs_and_ec2(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = readme_command("emulator")
+    assert line == "fspd emulator --port 8484"
+    proc = subprocess.Popen(fspd_argv(line.replace("8484", str(port))), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(proc.communicate())
+            try:
+                EmulatorControl(url, timeout=2).config()
+            except OSError:
+                return False
+            return True
+
+        wait_for(answers, 30, "the emulator to answer")
+        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url)
+        assert "us-east-1" in {r["RegionName"] for r in ec2.describe_regions()["Regions"]}
+        ebs = boto3.client("ebs", region_name="us-east-1", endpoint_url=url)
+        started = ebs.start_snapshot(VolumeSize=1)
+        assert started["Status"] == "pending"
+        assert EmulatorControl(url).snapshots()[0]["id"] == started["SnapshotId"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+# --- every line and every verb is proven somewhere ----------------------------------------
+
+# Where each README "Using it" line and each verb of `fspd --help` is run as typed.
+PROVEN = {
+    "upload": "tests/cli/test_readme_transfer.py", "list": "tests/cli/test_readme_transfer.py",
+    "diff": "tests/cli/test_readme_transfer.py",
+    "download": "tests/cli/test_readme_transfer.py",
+    "deltadownload": "tests/cli/test_readme_transfer.py",
+    "copy": "tests/cli/test_readme_transfer.py (--encrypted, --tag)",
+    "fanout": "tests/cli/test_readme_transfer.py",
+    "multiclone": "tests/cli/test_readme_transfer.py",
+    "run": "tests/cli/test_readme_transfer.py",
+    "emulator": "tests/cli/test_readme_transfer.py",
+    "movetos3": "tests/cli/test_readme_archive.py",
+    "getfroms3": "tests/cli/test_readme_archive.py",
+    "verify": "tests/cli/test_readme_archive.py",
+    "submit": "tests/cli/test_readme_daemon.py", "status": "tests/cli/test_readme_daemon.py",
+    "watch": "tests/cli/test_readme_daemon.py", "cancel": "tests/cli/test_readme_daemon.py",
+    "pause": "tests/cli/test_readme_daemon.py", "resume": "tests/cli/test_readme_daemon.py",
+    "bandwidth": "tests/cli/test_readme_daemon.py",
+    "serve": "tests/cli/test_readme_daemon.py (and tests/daemon/)",
+    "demo": "tests/daemon/test_demo_and_units.py",
+    "sync": "issue 11 item 2 (its own test file)",
+}
+
+
+def test_every_readme_line_and_help_verb_is_proven() -> None:
+    help_text = subprocess.run(fspd_argv("fspd --help"), capture_output=True, text=True,
+                               check=True).stdout
+    verbs = re.findall(r"^    (\w+)\s", help_text, re.MULTILINE)
+    assert "run" in verbs and "emulator" in verbs, help_text
+    readme_verbs = [line.split()[1] for line in using_it_lines()]
+    assert sorted(set(verbs) | set(readme_verbs)) == sorted(PROVEN)
