@@ -129,6 +129,7 @@ class Pipeline:
         self.control = control or JobControl()
         self.checkpoint = checkpoint
         self._has: list[Any] = []
+        self._unopened: set[int] = set()  # dropped before they were opened: no checkpoint
         # Blocks in memory are bounded across all jobs of the process by ``memory``; the
         # permits this pipeline holds are counted so that none leaks when it is cancelled.
         self._memory = memory
@@ -150,14 +151,24 @@ class Pipeline:
         opened: list[SinkState] = []
         try:
             for st in self.sinks:
-                await st.sink.open(info)
+                try:
+                    await st.sink.open(info)
+                except (FspdError, OSError) as exc:
+                    if st.policy != "drop" or len(self.sinks) == 1:
+                        raise
+                    self._drop(st, exc)  # "drop": a target that cannot be opened is left out
+                    continue
                 opened.append(st)
+            if not opened:
+                raise TransferFailed("every destination failed to open: " + "; ".join(
+                    str(st.error) for st in self.sinks))
         except BaseException as error:  # the sinks already open are aborted, not leaked
             for st in opened:
                 with contextlib.suppress(Exception):
                     await self._abort(st, error)
             raise
-        has = [getattr(st.sink, "has", None) for st in self.sinks]
+        self._unopened = {id(st) for st in self.sinks if st not in opened}
+        has = [getattr(st.sink, "has", None) for st in opened]
         self._has = [h for h in has if h is not None] if all(has) else []
         if all(getattr(st.sink, "already_complete", False) for st in self.sinks):
             return [await st.sink.commit() for st in self.sinks]
@@ -168,6 +179,13 @@ class Pipeline:
         finally:
             while self._held:
                 self._release()
+
+    def _drop(self, st: SinkState, exc: BaseException) -> None:
+        """Carry on without ``st`` (its policy is "drop"); the result and progress say so."""
+        st.error = exc
+        self.progress.error(f"{st.sink.name}: {exc}")
+        self.progress.destinations.setdefault(st.sink.name, {})["state"] = "dropped"
+        log.warning("destination_dropped", destination=st.sink.name, error=str(exc))
 
     def _release(self) -> None:
         if self._memory is not None and self._held:
@@ -244,7 +262,7 @@ class Pipeline:
             return
         try:
             states = {st.sink.name: await st.sink.checkpoint_state()  # type: ignore[attr-defined]
-                      for st in self.sinks}
+                      for st in self.sinks if id(st) not in self._unopened}
             await asyncio.to_thread(self.checkpoint.save, states)
         except (OSError, FspdError) as exc:  # the transfer goes on; the next save may work
             log.warning("checkpoint_failed", error=str(exc))
@@ -349,10 +367,7 @@ class Pipeline:
                     exc = type(exc)(f"destination {st.sink.name}: {exc}")
                 if st.policy != "drop" or len(self.sinks) == 1:
                     raise exc from None
-                st.error = exc
-                self.progress.error(f"{st.sink.name}: {exc}")
-                self.progress.destinations.setdefault(st.sink.name, {})["state"] = "dropped"
-                log.warning("destination_dropped", destination=st.sink.name, error=str(exc))
+                self._drop(st, exc)
                 if isinstance(item, _Fanout):
                     self._account(item, skipped=True)
             finally:

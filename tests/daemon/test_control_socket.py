@@ -18,12 +18,22 @@ import pytest
 from fspd.daemon.access import Membership, Peer, Policy
 from fspd.daemon.client import Client, DaemonUnavailable
 from fspd.emulator.control import EmulatorControl
-from tests.daemon.conftest import Daemon, download_job, wait_for
+from tests.daemon.conftest import Daemon, download_job, wait_for, write_config
+
+SLOW_CONFIG = """
+[transfer]
+fetch_concurrency = 1
+[daemon]
+event_interval_s = 0.1
+"""
+SLOW_LATENCY_MS = 100  # one GetSnapshotBlock in flight, each 100 ms: ~10 blocks/s
 
 
-def _slow_job(daemon: Daemon, emulator: EmulatorControl, tmp_path: Path, name: str,
-              density: float = 0.12) -> str:
-    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=density, seed=21)
+def _slow_job(daemon: Daemon, emulator: EmulatorControl, tmp_path: Path, name: str) -> str:
+    """A download that runs for minutes unless the test speeds it up: 1024 blocks at ~10/s
+    (emulator latency, set before the job is submitted; one block in flight)."""
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.5, seed=21)
+    emulator.faults(latency_ms=SLOW_LATENCY_MS, operations=["GetSnapshotBlock"])
     return daemon.submit(download_job(emulator, snap, tmp_path / f"{name}.img"), f"{name}.toml")
 
 
@@ -31,17 +41,25 @@ def _state(daemon: Daemon, job: str) -> str:
     return daemon.job(job)["state"]
 
 
+def _in_flight(daemon: Daemon, job: str) -> int:
+    stages = daemon.job(job)["progress"]["stages"]
+    return sum(stage["in_flight"] for stage in stages.values())
+
+
 @pytest.fixture
-def slow_daemon(make_daemon) -> Daemon:
-    """Bandwidth-limited so a ~50 MiB job takes seconds."""
-    return make_daemon("--bandwidth", "8M", "--rescan-interval", "1")
+def slow_daemon(make_daemon, tmp_path: Path) -> Daemon:
+    """One block in flight per job and frequent progress events; with ``_slow_job`` a job
+    stays running until the test acts on it, however busy the machine."""
+    config = tmp_path / "slow.toml"
+    write_config(config, SLOW_CONFIG)
+    return make_daemon("--config", str(config), "--bandwidth", "8M", "--rescan-interval", "1")
 
 
 def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
         slow_daemon: Daemon, emulator: EmulatorControl, tmp_path: Path) -> None:
     d = slow_daemon
     # ~150 MiB at 8 MiB/s: still running when the test cancels it, however slow the machine.
-    job = _slow_job(d, emulator, tmp_path, "slow", density=0.3)
+    job = _slow_job(d, emulator, tmp_path, "slow")
     wait_for(lambda: _state(d, job) == "running", what="running")
     table = d.cli("status")
     assert table.returncode == 0 and job[:30] in table.stdout and "running" in table.stdout
@@ -53,10 +71,13 @@ def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
     paused = d.cli("pause", job[:12])  # a unique prefix names the job
     assert paused.returncode == 0, paused.stderr
     assert _state(d, job) == "paused"
-    time.sleep(1.0)  # blocks already in flight finish
+    wait_for(lambda: _in_flight(d, job) == 0, 10, "blocks in flight to finish")
     settled = d.job(job)["progress"]["blocks_done"]
+    gets = emulator.stats()["requests"]["GetSnapshotBlock"]
+    # Deliberate: "nothing moves while paused" can only be observed over some time.
     time.sleep(1.0)
     assert d.job(job)["progress"]["blocks_done"] == settled  # no progress while paused
+    assert emulator.stats()["requests"]["GetSnapshotBlock"] == gets  # and no reads
     assert d.job(job)["state"] == "paused"
     assert d.cli("resume", job).returncode == 0
     wait_for(lambda: d.job(job)["progress"]["blocks_done"] > settled, 10, "progress")
@@ -77,12 +98,29 @@ def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
 
 def test_watch_streams_ndjson_until_the_job_ends(
         slow_daemon: Daemon, emulator: EmulatorControl, tmp_path: Path) -> None:
+    """The job is held paused until ``fspd watch`` has connected (its first line is the
+    job's record), then let go at full speed: the stream sees it run and end."""
     d = slow_daemon
     d.cli("bandwidth", "40M")
     job = _slow_job(d, emulator, tmp_path, "watched")
-    watched = d.cli("watch", job, timeout=60)
-    assert watched.returncode == 0, watched.stderr
-    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    wait_for(lambda: _state(d, job) == "running", what="running")
+    assert d.cli("pause", job).returncode == 0
+    watch = subprocess.Popen([sys.executable, "-m", "fspd", "watch", job, "--socket", d.socket],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=d.env)
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())
+        assert first["job"] == job and first["state"] == "paused", first
+        emulator.clear_faults()
+        assert d.cli("resume", job).returncode == 0
+        rest, err = watch.communicate(timeout=120)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    events = [first, *(json.loads(line) for line in rest.splitlines())]
     assert all(e["job"] == job for e in events)
     assert events[-1]["state"] == "completed"
     progress = [e["blocks_done"] for e in events if e["event"] == "progress"]

@@ -1,13 +1,17 @@
 """kill -9 of ``fspd serve`` (a real process; the emulator and moto are other processes) at a
-random moment after a job's first checkpoint, then a restart on the same spool and state: the
-job finishes in done/, resumed, with byte-identical results and nothing duplicated, orphaned
-or left pending."""
+random point after a job's checkpoint first claims durable blocks, then a restart on the same
+spool and state: the job finishes in done/, resumed, with byte-identical results and nothing
+duplicated, orphaned or left pending.
+
+The kill waits for a condition, not for time: the checkpoint on disk claims at least a
+(seeded, random) number of durable blocks. The job is slowed deterministically (emulator
+latency set before it is submitted, two requests in flight) so it is still running then, even
+on a busy machine."""
 
 from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from aiobotocore.session import AioSession
 
 from fspd.daemon.scheduler import engine_job_id
 from fspd.emulator.control import EmulatorControl
+from tests.checkpoints import durable_blocks
 from tests.conftest import TEST_AWS_CONFIG, client_config
 from tests.daemon.conftest import Daemon, wait_for
 from tests.s3._support import (
@@ -32,8 +37,8 @@ from tests.s3._support import (
 
 CONFIG = """
 [transfer]
-fetch_concurrency = 8
-put_concurrency = 8
+fetch_concurrency = 2
+put_concurrency = 2
 worker_threads = 2
 checkpoint_interval_s = 0.1
 [retry]
@@ -67,10 +72,12 @@ def crashable(make_daemon: Callable[..., Daemon], tmp_path: Path) -> Daemon:
 
 
 def crash_mid_job(d: Daemon, job: str, seed: int) -> None:
-    """kill -9 the daemon at a random moment after the job's first checkpoint."""
+    """kill -9 the daemon once the checkpoint on disk claims a random, seeded number of
+    durable blocks (at least one, so the restart has something to resume)."""
     checkpoint = d.root / "state" / "jobs" / engine_job_id(job) / "checkpoint.json"
-    wait_for(checkpoint.exists, 30, f"the first checkpoint of {job}")
-    time.sleep(random.Random(seed).uniform(0.05, 0.4))
+    want = random.Random(seed).randint(1, 8)
+    wait_for(lambda: durable_blocks(checkpoint) >= want, 60,
+             f"a checkpoint of {job} claiming {want} durable blocks")
     assert d.proc is not None
     d.proc.kill()
     d.proc.wait(10)
@@ -104,9 +111,9 @@ async def test_download_survives_kill_9_of_the_daemon_byte_identical(
         seed: int) -> None:
     snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.12, seed=seed)
     out = tmp_path / "out.img"
+    emulator.faults(latency_ms=50, operations=["GetSnapshotBlock"])  # ~6 s at 2 in flight
     job = submit(crashable, {"verb": "download", "snapshot_id": snap, "path": str(out),
                              "endpoint_url": emulator.url})
-    emulator.faults(latency_ms=30, operations=["GetSnapshotBlock"])
     crash_mid_job(crashable, job, seed)
     emulator.clear_faults()
     emulator.reset_stats()
@@ -122,9 +129,9 @@ def test_upload_survives_kill_9_of_the_daemon_into_one_snapshot(
     rnd = random.Random(seed)
     layout = "".join(rnd.choice("DDDDHZ") for _ in range(100)) + "T"
     image = make_image(tmp_path / "disk.img", layout, seed=seed)
+    emulator.faults(latency_ms=100, operations=["PutSnapshotBlock"])  # ~3 s at 2 in flight
     job = submit(crashable, {"verb": "upload", "path": str(tmp_path / "disk.img"),
                              "endpoint_url": emulator.url})
-    emulator.faults(latency_ms=100, operations=["PutSnapshotBlock"])
     crash_mid_job(crashable, job, seed)
     emulator.clear_faults()
     result = restart_and_finish(crashable, job)
@@ -139,10 +146,10 @@ async def test_copy_to_another_region_survives_kill_9_of_the_daemon(
         seed: int) -> None:
     snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.1,
                               zero_fraction=0.1, seed=seed)
+    emulator.faults(latency_ms=60, operations=["PutSnapshotBlock"])  # ~6 s at 2 in flight
     job = submit(crashable, {"verb": "copy", "snapshot_id": snap, "region": "us-east-1",
                              "destination_region": "eu-west-1",
                              "endpoint_url": emulator.url})
-    emulator.faults(latency_ms=60, operations=["PutSnapshotBlock"])
     crash_mid_job(crashable, job, seed)
     emulator.clear_faults()
     result = restart_and_finish(crashable, job)
@@ -159,11 +166,11 @@ async def test_movetos3_survives_kill_9_of_the_daemon_and_restores_byte_identica
     s3_client(moto).create_bucket(Bucket=BUCKET)
     snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.1,
                               zero_fraction=0.1, seed=seed)
+    emulator.faults(latency_ms=50, operations=["GetSnapshotBlock"])  # ~5 s at 2 in flight
     job = submit(crashable, {
         "source": {"type": "ebs", "snapshot_id": snap, "endpoint_url": emulator.url},
         "destinations": [{"type": "s3", "bucket": BUCKET, "prefix": "arch",
                           "endpoint_url": moto, "segment_blocks": 8, "zstd_level": 1}]})
-    emulator.faults(latency_ms=30, operations=["GetSnapshotBlock"])
     crash_mid_job(crashable, job, seed)
     emulator.clear_faults()
     result = restart_and_finish(crashable, job)

@@ -22,6 +22,7 @@ import pytest
 
 from fspd.emulator.control import EmulatorControl
 from fspd.errors import BadInput, ExitCode, PermissionProblem
+from fspd.progress import Progress
 from tests.conftest import TEST_AWS_CONFIG
 from tests.engine._support import (
     assert_matches_snapshot,
@@ -287,11 +288,14 @@ async def test_revoked_read_permission_mid_download_names_the_iam_action(
     """In-process as well: the error is a PermissionProblem, not a generic failure."""
     snap = emulator.synthetic(region="us-east-1", volume_size=1, allocation="sparse",
                               density=0.02, seed=36)
-    emulator.faults(latency_ms=30, operations=["GetSnapshotBlock"])
+    emulator.faults(latency_ms=100, operations=["GetSnapshotBlock"])  # ~40 blocks: ~2 s
     task_started = time.monotonic()
+    progress = Progress()
 
     async def revoke() -> None:
-        await asyncio.sleep(0.3)
+        """Once the first blocks have arrived (a condition, not a time), mid-download."""
+        while progress.blocks_done < 2:
+            await asyncio.sleep(0.01)
         await asyncio.to_thread(emulator.config, deny=[{"operations": ["GetSnapshotBlock"]}])
 
     revoker = asyncio.create_task(revoke())
@@ -299,8 +303,9 @@ async def test_revoked_read_permission_mid_download_names_the_iam_action(
         await run({"source": {"type": "ebs", "snapshot_id": snap,
                               "endpoint_url": emulator.url},
                    "destinations": [{"type": "file", "path": str(tmp_path / "out.img")}]},
-                  settings=fast_settings(fetch_concurrency=2))
+                  settings=fast_settings(fetch_concurrency=2), progress=progress)
     await revoker
+    assert progress.blocks_done < (progress.blocks_total or progress.blocks_listed)  # mid-way
     assert time.monotonic() - task_started < 20
 
 

@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 
 from fspd.emulator.control import EmulatorControl
+from tests.checkpoints import durable_blocks
 from tests.conftest import TEST_AWS_CONFIG
+from tests.daemon.conftest import wait_for
 from tests.engine._support import assert_matches_snapshot, make_image
 
 CONFIG = """
 [transfer]
-fetch_concurrency = 8
-put_concurrency = 8
+fetch_concurrency = 2
+put_concurrency = 2
 checkpoint_interval_s = 0.1
 [retry]
 backoff_base_s = 0.01
@@ -37,15 +39,19 @@ def _start(job: Path, state: Path, config: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _journalled(state: Path) -> int:
+    return max((durable_blocks(c) for c in state.glob("*/checkpoint.json")), default=0)
+
+
 def _kill_mid_job(job: Path, state: Path, config: Path, seed: int) -> None:
-    """Start the job and kill -9 it at a random moment after its first checkpoint."""
+    """Start the job and kill -9 it once its checkpoint on disk claims a random, seeded
+    number of durable blocks (a condition, not a time: the callers slow the job down with
+    emulator latency, so it is still running then)."""
     proc = _start(job, state, config)
-    checkpoints = list(state.glob("*/checkpoint.json"))
-    deadline = time.monotonic() + 30
-    while not checkpoints and proc.poll() is None and time.monotonic() < deadline:
+    want = random.Random(seed).randint(1, 8)
+    deadline = time.monotonic() + 60
+    while _journalled(state) < want and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-        checkpoints = list(state.glob("*/checkpoint.json"))
-    time.sleep(random.Random(seed).uniform(0.3, 1.0))
     if proc.poll() is not None:
         pytest.fail(f"the job ended before it could be killed: {proc.communicate()}")
     proc.send_signal(signal.SIGKILL)
@@ -145,7 +151,8 @@ def test_a_pending_snapshot_that_timed_out_restarts_cleanly_and_says_so(
     emulator.faults(latency_ms=150, operations=["PutSnapshotBlock"])
     _kill_mid_job(job, state, config, 7)
     emulator.clear_faults()
-    time.sleep(2.0)
+    wait_for(lambda: [s["status"] for s in emulator.snapshots()] == ["error"], 30,
+             "the pending snapshot's Timeout to pass")
     emulator.config(timeout_unit_seconds=60)
     result = _finish(job, state, config)
     assert any("started a new snapshot" in note for note in result.get("notes", []))
