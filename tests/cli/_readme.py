@@ -21,10 +21,17 @@ def using_it_lines() -> list[str]:
             if line.strip().startswith("fspd ")]
 
 
-def readme_command(verb: str) -> str:
-    """The README's line for ``fspd VERB …`` (exactly one)."""
+def readme_command(verb: str, containing: str | None = None) -> str:
+    """The README's line for ``fspd VERB …``: the only one, or the one ``containing`` an
+    option (``download`` has a plain line and a ``--size-of`` line)."""
     found = [line for line in using_it_lines() if line.split()[1] == verb]
-    assert len(found) == 1, (verb, found)
+    if containing is not None:
+        found = [line for line in found if containing in line.split()]
+    elif len(found) > 1:  # the plain line: the one no other line of the verb extends
+        found = [line for line in found
+                 if not any(o != line and o.startswith(line) for o in found)] or found
+        found = [min(found, key=len)]
+    assert len(found) == 1, (verb, containing, found)
     return found[0]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fspd.emulator.control import EmulatorControl
+from tests.conftest import TEST_AWS_CONFIG
 
 FSPD = Path(sys.executable).with_name("fspd")
 
@@ -40,9 +41,15 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def cli_env(emulator: EmulatorControl) -> dict[str, str]:
-    """The environment of a user whose AWS is the emulator."""
+def cli_env(emulator: EmulatorControl, tmp_path_factory: pytest.TempPathFactory
+            ) -> dict[str, str]:
+    """The environment of a user whose AWS is the emulator, and whose operator's config
+    (``$FSPD_CONFIG``) lets job files name the emulator and moto on 127.0.0.1 (fspd's default
+    allows AWS's own endpoints only)."""
+    config = tmp_path_factory.mktemp("operator") / "fspd.toml"
+    config.write_text(TEST_AWS_CONFIG)
     env = dict(os.environ)
+    env["FSPD_CONFIG"] = str(config)
     env["AWS_ENDPOINT_URL_EBS"] = emulator.url
     env["AWS_ENDPOINT_URL_EC2"] = emulator.url
     env.pop("AWS_ENDPOINT_URL", None)

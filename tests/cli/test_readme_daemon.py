@@ -123,7 +123,7 @@ async def test_submit_status_pause_resume_bandwidth_and_watch_a_job_to_the_end(
 
     bandwidth = client("fspd bandwidth 200M")
     _ok(bandwidth)
-    assert d.api("/v1/status")["bandwidth_bytes_per_s"] == 200_000_000
+    assert d.api("/v1/status")["bandwidth_bytes_per_s"] == 200 << 20  # binary units
     assert "bandwidth limit:" in bandwidth.stdout
 
     emulator.clear_faults()  # let it finish

@@ -115,6 +115,19 @@ async def test_download_writes_the_snapshot_byte_for_byte_fetching_each_block_on
     assert emulator.stats()["requests"]["GetSnapshotBlock"] == len(await listed(ebs, snap))
 
 
+def test_download_size_of_gives_back_the_uploaded_file(fspd: Runner, tmp_path: Path) -> None:
+    """The README's round trip: a download is the whole volume; ``--size-of`` cuts it back to
+    the file that was uploaded, so the two compare equal."""
+    original = tmp_path / "disk.img"
+    original.write_bytes(os.urandom(2 * B + 12345))
+    up = fspd("fspd upload disk.img --json")
+    _ok(up)
+    snap = json.loads(up.stdout)["destinations"][0]["snapshot_id"]
+    _ok(fspd(typed(readme_command("download", containing="--size-of"),
+                   {"snap-0123456789abcdef0": snap})))
+    assert (tmp_path / "back.img").read_bytes() == original.read_bytes()
+
+
 async def test_deltadownload_turns_an_image_of_a_into_b_reading_only_the_changes(
         fspd: Runner, emulator: EmulatorControl, ebs: Any, tmp_path: Path) -> None:
     a, b, changes = await _lineage(emulator, ebs)
@@ -431,7 +444,8 @@ PROVEN = {
     "bandwidth": "tests/cli/test_readme_daemon.py",
     "serve": "tests/cli/test_readme_daemon.py (and tests/daemon/)",
     "demo": "tests/daemon/test_demo_and_units.py",
-    "sync": "issue 11 item 2 (its own test file)",
+    "sync": "tests/cli/test_wrong_results.py",
+    "completion": "tests/cli/test_cli_conventions.py",
 }
 
 
