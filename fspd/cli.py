@@ -142,3 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(exc, as_json)
     except KeyboardInterrupt:
         return _report(Cancelled("interrupted"), as_json)
+    except BrokenPipeError:
+        # The reader went away (`fspd completion bash | head`): stop quietly, as a shell
+        # tool does, with SIGPIPE's status; point stdout at /dev/null so the interpreter's
+        # last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13

@@ -8,6 +8,7 @@ import argparse
 import filecmp
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,3 +311,18 @@ def test_verify_dry_run_plans_without_reading_a_segment(
     assert report["plan"]["blocks"] == done["archives"][0]["blocks_verified"]
     human = fspd_s3("fspd verify s3://plan-bk/web01 -n", extra_env=s3)
     assert human.returncode == 0 and "would verify" in human.stdout, human.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """``fspd completion bash | head -1`` where head has already gone: no traceback, SIGPIPE's
+    status. The pipe's reading end is closed before fspd starts, so every write fails."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(fspd_argv("fspd completion bash"), stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, env=cli_env, cwd=tmp_path,
+                                timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == "", result.stderr
