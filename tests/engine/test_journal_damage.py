@@ -39,14 +39,6 @@ backoff_cap_s = 0.2
 """ + TEST_AWS_CONFIG
 
 
-@pytest.fixture
-def env(emulator: EmulatorControl) -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(AWS_ENDPOINT_URL_EBS=emulator.url, AWS_ENDPOINT_URL_EC2=emulator.url)
-    e.pop("AWS_ENDPOINT_URL", None)
-    return e
-
-
 def _bits(text: str) -> int:
     return sum(bin(b).count("1") for b in zlib.decompress(base64.b64decode(text)))
 

@@ -5,7 +5,6 @@ and two jobs never write one target at once. Everything runs ``fspd`` as a user 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -27,14 +26,6 @@ checkpoint_interval_s = 0.1
 backoff_base_s = 0.01
 backoff_cap_s = 0.2
 """
-
-
-@pytest.fixture
-def env(emulator: EmulatorControl) -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(AWS_ENDPOINT_URL_EBS=emulator.url, AWS_ENDPOINT_URL_EC2=emulator.url)
-    e.pop("AWS_ENDPOINT_URL", None)
-    return e
 
 
 @pytest.fixture
