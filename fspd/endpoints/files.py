@@ -250,6 +250,7 @@ class FileSink:
         self._fd = -1
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) while locked
         self._sample: dict[int, str] = {}  # a few written blocks' digests, for resuming
+        self._sample_regions: set[int] = set()  # the eighths of the volume sampled so far
         self._fresh = False
         self._created = False  # this run created the target file
         # A failed fsync is reported once and then forgotten by the kernel (the next one
@@ -371,7 +372,14 @@ class FileSink:
             if got != want:
                 raise ValueError(f"block {index} of {self.raw_path} is not what the "
                                  "interrupted run wrote")
-            self._sample[index] = want
+            self._note_sample(index, want)
+
+    def _note_sample(self, index: int, hexdigest: str) -> None:
+        """Keep one written block's digest per eighth of the volume (its identity sample)."""
+        region = index * _SAMPLE_BLOCKS // max(1, self.written.size)
+        if region not in self._sample_regions:
+            self._sample_regions.add(region)
+            self._sample[index] = hexdigest
 
     def has(self, index: int) -> bool:
         return index in self.written
@@ -416,10 +424,7 @@ class FileSink:
         self.written.set(block.index)
         self.blocks_written += 1
         if not block.zero and len(self._sample) < _SAMPLE_BLOCKS:
-            region = block.index * _SAMPLE_BLOCKS // max(1, self.written.size)
-            if all(i * _SAMPLE_BLOCKS // max(1, self.written.size) != region
-                   for i in self._sample):
-                self._sample[block.index] = block.digest.hex()
+            self._note_sample(block.index, block.digest.hex())
         return not block.zero
 
     async def gap(self, gap: Gap) -> None:
