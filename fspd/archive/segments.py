@@ -30,7 +30,7 @@ class SegmentMissing(TransferFailed):
 @dataclass(frozen=True, slots=True)
 class PackedSegment:
     record: Segment
-    body: bytes
+    body: bytes | bytearray
     sha256: bytes  # raw digest of ``body``, for S3's x-amz-checksum-sha256
 
 
@@ -58,16 +58,23 @@ def runs(blocks: list[Block]) -> list[list[Block]]:
 
 
 def pack(blocks: list[Block], level: int) -> PackedSegment:
-    """Compress a run of consecutive blocks into one frame (its content size in the header).
-    The blocks' digests are reused: a block from EBS is not hashed a second time."""
+    """Compress a run of consecutive blocks into one frame (its content size in the header),
+    emptying ``blocks``. The blocks' digests are reused: a block from EBS is not hashed a
+    second time."""
     first, count = blocks[0].index, len(blocks)
+    digests = tuple(b.digest.hex() for b in blocks)
     cobj = _compressor(level).compressobj(size=count * BLOCK_SIZE)
-    chunks = [cobj.compress(b.data) for b in blocks]
-    chunks.append(cobj.flush())
-    body = b"".join(chunks)
+    # The blocks leave the list as they are compressed and the frame grows in place, so a
+    # run never needs room for its raw blocks, their compressed chunks and a joined copy at
+    # once (the caller's buffer budget counts one of them; see fspd/endpoints/s3.py).
+    body = bytearray()
+    blocks.reverse()
+    while blocks:
+        body += cobj.compress(blocks.pop().data)
+    body += cobj.flush()
     sha = hashlib.sha256(body)
     record = Segment(segment_key(first, count), first, count, len(body), sha.hexdigest(),
-                     tuple(b.digest.hex() for b in blocks))
+                     digests)
     return PackedSegment(record, body, sha.digest())
 
 

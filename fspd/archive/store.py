@@ -199,14 +199,13 @@ class ObjectStore:
             return sha.hexdigest()
         return await self._run(rel, fetch)
 
-    async def put(self, rel: str, body: bytes, sha256: bytes, extra: dict[str, Any], *,
+    async def put(self, rel: str, body: bytes | bytearray, sha256: bytes,
+                  extra: dict[str, Any], *,
                   if_none_match: bool = False) -> None:
         if len(body) > self.multipart_threshold:
-            chunks = [body[i:i + self.part_size] for i in range(0, len(body), self.part_size)]
-
-            async def parts() -> AsyncIterator[bytes]:
-                for chunk in chunks:
-                    yield chunk
+            async def parts() -> AsyncIterator[bytes]:  # one part's copy at a time
+                for i in range(0, len(body), self.part_size):
+                    yield bytes(memoryview(body)[i:i + self.part_size])
             await self._multipart(rel, parts(), extra)
             return
         s3 = await self.client()
