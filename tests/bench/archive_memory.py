@@ -3,7 +3,8 @@ server, for several block budgets and window sizes (issue 12 item 12: S3 windows
 against ``[transfer] max_buffered_blocks``). Each case runs in a fresh process.
 
 usage: python -m tests.bench.archive_memory [GIB] [BUDGET:SEGMENT_BLOCKS ...]
-       (default: 1 GiB of incompressible data; 32:16 32:32 32:64 512:64 512:512)
+       (default: 1 GiB of incompressible data; 32:16 32:32 32:64 512:64 512:512; a first
+       row archives a handful of blocks: the fixed cost of a job)
 """
 
 from __future__ import annotations
@@ -78,17 +79,20 @@ def main(gib: int, cases: list[str]) -> list[dict[str, Any]]:
         try:
             control = EmulatorControl(emu.url)
             snap = control.synthetic(volume_size=gib, allocation="full", seed=12)
+            # The fixed cost: the same job over a handful of blocks.
+            tiny = control.synthetic(volume_size=1, allocation="sparse", density=0.004, seed=13)
             bucket = "fspd-bench"
             boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(
                 Bucket=bucket)
             rows = []
-            for n, case in enumerate(cases):
-                budget, width = case.split(":")
+            for n, case in enumerate(["32:16:tiny", *cases]):
+                budget, width, *small = case.split(":")
                 out = subprocess.run(
                     [sys.executable, "-m", "tests.bench.archive_memory", "--probe", emu.url,
-                     moto_url, snap, bucket, f"run{n}", budget, width],
+                     moto_url, tiny if small else snap, bucket, f"run{n}", budget, width],
                     capture_output=True, text=True, check=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                rows[-1]["case"] = case
                 print(json.dumps(rows[-1]), flush=True)
             return rows
         finally:
