@@ -19,7 +19,7 @@ SEGMENT_BLOCKS = 16
 # What a job costs besides its blocks and does not scale with the volume (the tiny job
 # measures most of it: interpreter, clients, pools); this is the rest: request and response
 # buffers of the blocks in flight, compression contexts, allocator slack.
-ALLOWANCE_MIB = 64
+ALLOWANCE_MIB = 72
 
 # Read at exit by the fspd process itself: the high-water mark of its resident memory.
 _HOOK = '''
