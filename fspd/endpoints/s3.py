@@ -505,12 +505,9 @@ class S3ArchiveSink:
 
     async def _put_run(self, pending: list[list[Block]], i: int) -> Segment:
         packed = await self.ctx.offload(pack, pending[i], self.level)  # empties the run
-        record, body, sha256 = packed.record, packed.body, packed.sha256
-        del packed
-        if len(body) <= self.store.multipart_threshold:
-            body = bytes(body)  # one request sends bytes; the frame's buffer goes at once
-        await self.store.put(record.key, body, sha256, self._segment_extra)
-        return record
+        await self.store.put(packed.record.key, packed.body, packed.sha256,
+                             self._segment_extra)
+        return packed.record
 
     def _emit(self) -> None:
         """Append finished windows to the manifest, in block order."""
