@@ -10,7 +10,9 @@ asks both before every block it fetches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from typing import Any
 
 from fspd.retry import RateController
@@ -55,6 +57,102 @@ class Bandwidth:
                 await asyncio.sleep(min(1.0, (nbytes - self._tokens) / rate))
 
 
+class BlockBudget:
+    """Blocks of memory (~512 KiB each) shared by every job: a counting budget whose waiters
+    are served strictly in order, one unit (a block being fetched) or many at once (an S3
+    archive window, see :class:`Reservation`). A request is granted whole or not at all, so
+    two windows can never each hold part of what they need. ``acquire``/``release`` take
+    one unit, like the semaphore it replaces."""
+
+    def __init__(self, units: int) -> None:
+        self.units = units
+        self.free = units
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def held(self) -> int:
+        return self.units - self.free
+
+    def try_take(self, n: int) -> bool:
+        if n > self.units:
+            raise ValueError(f"{n} blocks exceed the whole budget of {self.units}")
+        if self._waiters or self.free < n:
+            return False
+        self.free -= n
+        return True
+
+    async def take(self, n: int) -> None:
+        if self.try_take(n):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (n, future)
+        self._waiters.append(waiter)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted as it was cancelled
+                self.give(n)
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                self._wake()  # a smaller request behind this one may fit now
+            raise
+
+    def give(self, n: int) -> None:
+        self.free += n
+        if self.free > self.units:
+            raise RuntimeError("block budget released more than was taken")
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.free:
+            n, future = self._waiters.popleft()
+            if future.done():
+                continue
+            self.free -= n
+            future.set_result(None)
+
+    async def acquire(self) -> bool:
+        await self.take(1)
+        return True
+
+    def release(self) -> None:
+        self.give(1)
+
+
+class Reservation:
+    """Units of a :class:`BlockBudget` held for one S3 archive window, returned once every
+    holder has let go: the sink (until the window's segments are uploaded and its buffers
+    dropped) and the pipeline (for each of the window's blocks, until every destination has
+    it). :meth:`close` returns them at once, whoever still holds them (cancellation)."""
+
+    __slots__ = ("_budget", "_refs", "units")
+
+    def __init__(self, budget: BlockBudget, units: int) -> None:
+        self._budget = budget
+        self.units = units
+        self._refs = 1
+
+    @property
+    def closed(self) -> bool:
+        return self._refs <= 0
+
+    def retain(self) -> None:
+        if self._refs > 0:
+            self._refs += 1
+
+    def drop(self) -> None:
+        if self._refs > 0:
+            self._refs -= 1
+            if self._refs == 0:
+                self._budget.give(self.units)
+
+    def close(self) -> None:
+        if self._refs > 0:
+            self._refs = 0
+            self._budget.give(self.units)
+
+
 class SharedLimits:
     """Budgets shared by every job of one process."""
 
@@ -64,7 +162,7 @@ class SharedLimits:
         self.per_account_rps = per_account_rps
         self.bandwidth = bandwidth or Bandwidth()
         self.max_buffered_blocks = max_buffered_blocks
-        self._memory: asyncio.Semaphore | None = None
+        self._memory: BlockBudget | None = None
         self._rates: dict[tuple[Any, ...], RateController] = {}
 
     @classmethod
@@ -74,10 +172,10 @@ class SharedLimits:
                    max_buffered_blocks=transfer.max_buffered_blocks, bandwidth=bandwidth)
 
     @property
-    def memory(self) -> asyncio.Semaphore:
+    def memory(self) -> BlockBudget:
         """Blocks in memory across all jobs (created on first use, inside the loop)."""
         if self._memory is None:
-            self._memory = asyncio.Semaphore(self.max_buffered_blocks)
+            self._memory = BlockBudget(self.max_buffered_blocks)
         return self._memory
 
     def rate(self, op: str, account: Any, snapshot_id: str) -> RateController:

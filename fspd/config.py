@@ -66,6 +66,9 @@ class S3Settings(_Section):
     # (S3 allows 5 MiB to 5 GiB per part, at most 10,000 parts).
     multipart_threshold: int = Field(64 << 20, ge=5 << 20, le=5 << 30)
     part_size: int = Field(16 << 20, ge=5 << 20, le=5 << 30)
+    # Windows (segment_blocks each) one archive destination holds in memory at a time, each
+    # reserved whole from transfer.max_buffered_blocks (see fspd/endpoints/s3.py).
+    windows_in_flight: int = Field(2, ge=1, le=64)
 
 
 class PathSettings(_Section):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fspd.blocks import BLOCK_SIZE, Block, BlockRef, Kind
-from fspd.budget import JobControl
+from fspd.budget import BlockBudget, JobControl, Reservation
 from fspd.checkpoint import Checkpoint
 from fspd.errors import FspdError, TransferFailed
 from fspd.log import get_logger
@@ -89,6 +89,14 @@ class Sink(Protocol):
     # there (from an interrupted earlier run), and ``async def checkpoint_state(self) -> dict``
     # makes what was written durable and returns the state to journal. A block every sink
     # ``has`` is not fetched again.
+    #
+    # Optional, for sinks that keep blocks after ``write`` returns (S3 windows): the memory
+    # budget is reserved by whole windows, see :meth:`Pipeline._reserve`.
+    # ``async def window_needs(self, index) -> int``: units the block's window still needs
+    # (0 when reserved already); may wait for the sink's own windows-in-flight limit.
+    # ``def window_reserved(self, index, reservation)``, ``def reservation(self, index)``,
+    # ``async def flush_ready(self)`` (pack windows that have all their blocks) and
+    # ``def release_budget(self)`` (return every reservation; idempotent).
 
 
 _STOP = object()
@@ -97,13 +105,15 @@ _STOP = object()
 class _Fanout:
     """A block travelling to several sinks; counted done when the last sink has it."""
 
-    __slots__ = ("block", "held", "remaining", "skipped")
+    __slots__ = ("block", "held", "remaining", "skipped", "tokens")
 
-    def __init__(self, block: Block, remaining: int, held: bool) -> None:
+    def __init__(self, block: Block, remaining: int, held: bool,
+                 tokens: tuple[Reservation, ...] = ()) -> None:
         self.block: Block | None = block
         self.remaining = remaining
         self.skipped = True
         self.held = held  # holds a permit of the shared memory budget
+        self.tokens = tokens  # or is counted in these windows' reservations
 
 
 @dataclass
@@ -120,7 +130,7 @@ class Pipeline:
                  sink_policies: list[str] | None = None,
                  control: JobControl | None = None, checkpoint: Checkpoint | None = None,
                  checkpoint_interval: float = 5.0,
-                 memory: asyncio.Semaphore | None = None) -> None:
+                 memory: BlockBudget | asyncio.Semaphore | None = None) -> None:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
         self.source = source
@@ -179,6 +189,10 @@ class Pipeline:
         finally:
             while self._held:
                 self._release()
+            for st in self.sinks:  # window reservations, whatever state the job ended in
+                release = getattr(st.sink, "release_budget", None)
+                if release is not None:
+                    release()
 
     def _drop(self, st: SinkState, exc: BaseException) -> None:
         """Carry on without ``st`` (its policy is "drop"); the result and progress say so."""
@@ -186,6 +200,9 @@ class Pipeline:
         self.progress.error(f"{st.sink.name}: {exc}")
         self.progress.destinations.setdefault(st.sink.name, {})["state"] = "dropped"
         log.warning("destination_dropped", destination=st.sink.name, error=str(exc))
+        release = getattr(st.sink, "release_budget", None)
+        if release is not None:  # its windows will never complete
+            release()
 
     def _release(self) -> None:
         if self._memory is not None and self._held:
@@ -309,7 +326,7 @@ class Pipeline:
             if entry.kind is Kind.ZERO:
                 await self._to_sinks(Block.zeros(entry.index))
             else:
-                await self._fetch_q.put(entry)
+                await self._fetch_q.put((entry, await self._reserve(entry)))
         self.progress.blocks_total = listed
         for st in self.sinks:
             if hasattr(st.sink, "listing_done"):
@@ -317,34 +334,76 @@ class Pipeline:
         for _ in range(self.fetch_concurrency):
             await self._fetch_q.put(_STOP)
 
+    async def _reserve(self, ref: BlockRef) -> tuple[Reservation, ...]:
+        """Reserve budget for the window(s) this block opens in sinks that keep whole windows
+        (S3 archives), before the block is fetched; return the reservations covering it.
+
+        Why this cannot deadlock: a window's units are taken at once (all or nothing, in
+        listing order, strictly FIFO with every other request on the budget), before any of
+        its blocks is fetched, and its blocks then need no further permit. Whatever holds
+        units can therefore always finish without asking for more — an admitted window only
+        needs its own blocks, which the listing has already passed to the fetchers — so every
+        wait ends. The listing packs windows that are complete but not yet packed before it
+        waits, since no writer may come to do it while the listing is stalled."""
+        if not isinstance(self._memory, BlockBudget):
+            return ()
+        keepers = [st.sink for st in self.sinks
+                   if st.error is None and hasattr(st.sink, "window_needs")]
+        if not keepers:
+            return ()
+        asks = [(sink, units) for sink in keepers
+                if (units := await sink.window_needs(ref.index))]  # type: ignore[attr-defined]
+        if asks:
+            total = sum(units for _, units in asks)
+            if not self._memory.try_take(total):
+                for sink in keepers:
+                    await sink.flush_ready()  # type: ignore[attr-defined]
+                await self._memory.take(total)
+            for sink, units in asks:
+                sink.window_reserved(  # type: ignore[attr-defined]
+                    ref.index, Reservation(self._memory, units))
+        tokens = tuple(t for sink in keepers
+                       if (t := sink.reservation(ref.index)) is not None)  # type: ignore[attr-defined]
+        for token in tokens:
+            token.retain()
+        return tokens
+
     async def _fetch(self) -> None:
         stats = self._fetch_stats
-        while (ref := await self._fetch_q.get()) is not _STOP:
+        while (item := await self._fetch_q.get()) is not _STOP:
+            ref, tokens = item
             await self.control.admit(BLOCK_SIZE)
-            if self._memory is not None:
+            # A block its window's reservation counts takes no permit of its own.
+            held = self._memory is not None and not tokens
+            if held:
                 await self._memory.acquire()
                 self._held += 1
             stats.in_flight += 1
             try:
                 block = await self.source.fetch(ref)
             except BaseException:
-                self._release()
+                if held:
+                    self._release()
+                _drop(tokens)
                 raise
             finally:
                 stats.in_flight -= 1
             stats.done += 1
-            await self._to_sinks(block, held=self._memory is not None)
+            await self._to_sinks(block, held=held, tokens=tokens)
             # Waiting for its next permit, a fetcher must not keep this block alive: its
             # permit goes back when the sinks have it, and the budget would not count it.
             del block
 
-    async def _to_sinks(self, item: Block | Gap, *, held: bool = False) -> None:
+    async def _to_sinks(self, item: Block | Gap, *, held: bool = False,
+                        tokens: tuple[Reservation, ...] = ()) -> None:
         live = [st for st in self.sinks if st.error is None]
         if not live:
             if held:
                 self._release()
+            _drop(tokens)
             return
-        carrier: Any = _Fanout(item, len(live), held) if isinstance(item, Block) else item
+        carrier: Any = (_Fanout(item, len(live), held, tokens) if isinstance(item, Block)
+                        else item)
         for st in live:
             await st.queue.put(carrier)
 
@@ -385,6 +444,13 @@ class Pipeline:
             item.block = None  # a writer waiting for its next item still refers to this one
             if item.held:
                 self._release()
+            _drop(item.tokens)
+            item.tokens = ()
+
+
+def _drop(tokens: tuple[Reservation, ...]) -> None:
+    for token in tokens:
+        token.drop()
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

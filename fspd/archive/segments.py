@@ -8,6 +8,7 @@ naming the object; it never returns a block it has not verified.
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import zstandard
 from fspd.archive.manifest import Segment, segment_key
 from fspd.blocks import BLOCK_SIZE, Block, digest, is_zero
 from fspd.errors import TransferFailed
+from fspd.memory import trim
 
 
 class SegmentCorrupt(TransferFailed):
@@ -30,11 +32,12 @@ class SegmentMissing(TransferFailed):
 @dataclass(frozen=True, slots=True)
 class PackedSegment:
     record: Segment
-    body: bytes
+    body: io.BytesIO
     sha256: bytes  # raw digest of ``body``, for S3's x-amz-checksum-sha256
 
 
 _local = threading.local()
+_TRIM_EVERY = 32  # blocks (16 MiB)
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -58,16 +61,27 @@ def runs(blocks: list[Block]) -> list[list[Block]]:
 
 
 def pack(blocks: list[Block], level: int) -> PackedSegment:
-    """Compress a run of consecutive blocks into one frame (its content size in the header).
-    The blocks' digests are reused: a block from EBS is not hashed a second time."""
+    """Compress a run of consecutive blocks into one frame (its content size in the header),
+    emptying ``blocks``. The blocks' digests are reused: a block from EBS is not hashed a
+    second time."""
     first, count = blocks[0].index, len(blocks)
+    digests = tuple(b.digest.hex() for b in blocks)
     cobj = _compressor(level).compressobj(size=count * BLOCK_SIZE)
-    chunks = [cobj.compress(b.data) for b in blocks]
-    chunks.append(cobj.flush())
-    body = b"".join(chunks)
-    sha = hashlib.sha256(body)
-    record = Segment(segment_key(first, count), first, count, len(body), sha.hexdigest(),
-                     tuple(b.digest.hex() for b in blocks))
+    # The blocks leave the list as they are compressed and the frame grows in place, so a
+    # run never needs room for its raw blocks, their compressed chunks and a joined copy at
+    # once (the caller's buffer budget counts one of them; see fspd/endpoints/s3.py).
+    body = io.BytesIO()  # sent as it is: a file-like body is not copied on the way out
+    blocks.reverse()
+    while blocks:
+        body.write(cobj.compress(blocks.pop().data))
+        if count >= 2 * _TRIM_EVERY and len(blocks) % _TRIM_EVERY == 0:
+            trim()  # the raw blocks let go sit in glibc's heap while the frame grows apart
+    body.write(cobj.flush())
+    with body.getbuffer() as view:
+        sha = hashlib.sha256(view)
+        size = view.nbytes
+    body.seek(0)
+    record = Segment(segment_key(first, count), first, count, size, sha.hexdigest(), digests)
     return PackedSegment(record, body, sha.digest())
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -199,23 +200,31 @@ class ObjectStore:
             return sha.hexdigest()
         return await self._run(rel, fetch)
 
-    async def put(self, rel: str, body: bytes, sha256: bytes, extra: dict[str, Any], *,
+    async def put(self, rel: str, body: bytes | io.BytesIO, sha256: bytes,
+                  extra: dict[str, Any], *,
                   if_none_match: bool = False) -> None:
-        if len(body) > self.multipart_threshold:
-            chunks = [body[i:i + self.part_size] for i in range(0, len(body), self.part_size)]
-
+        """Put one object; a ``BytesIO`` body is sent without a copy (parts are copied one
+        at a time)."""
+        stream = body if isinstance(body, io.BytesIO) else io.BytesIO(body)  # shares bytes
+        size = stream.seek(0, io.SEEK_END)
+        if size > self.multipart_threshold:
             async def parts() -> AsyncIterator[bytes]:
-                for chunk in chunks:
-                    yield chunk
+                for i in range(0, size, self.part_size):
+                    stream.seek(i)
+                    yield stream.read(self.part_size)
             await self._multipart(rel, parts(), extra)
             return
         s3 = await self.client()
-        params = dict(extra, Bucket=self.loc.bucket, Key=self.loc.key(rel), Body=body,
+        params = dict(extra, Bucket=self.loc.bucket, Key=self.loc.key(rel), Body=stream,
                       ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha256))
         if if_none_match:
             params["IfNoneMatch"] = "*"
+
+        def attempt() -> Any:
+            stream.seek(0)  # a retry sends the whole body again
+            return call(s3, "PutObject", **params)
         try:
-            await self._run(rel, lambda: call(s3, "PutObject", **params))
+            await self._run(rel, attempt)
         except TransferFailed as exc:
             if "PreconditionFailed" in str(exc):
                 raise TransferFailed(f"{self.loc.url(rel)} appeared while this job ran "

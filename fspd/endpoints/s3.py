@@ -5,6 +5,24 @@ says which blocks a window will get, so a window is packed as soon as its last b
 Packing (zstd) runs on the job's thread pool. The manifest is kept in a local file as windows
 finish, in block order, and uploaded last.
 
+Memory: a window keeps its blocks after the pipeline hands them over, until they are packed
+and uploaded, so the sink counts them against the process's block budget
+(``transfer.max_buffered_blocks``) by whole windows. Before the first data block of a window
+is fetched, the pipeline reserves ``segment_blocks`` units for it (all at once, in listing
+order; see ``Pipeline._reserve``), and the window's blocks then take no permit of their own.
+The reservation is returned when the window's segments are all uploaded and its buffers
+dropped, and once the pipeline no longer holds any of its blocks (another destination of the
+job may still be writing one). Compressed segment bytes awaiting upload are counted in the
+same units: a run's raw blocks are let go as soon as it is compressed, and a zstd frame is at
+most a few bytes per KiB larger than its input. At most ``[s3] windows_in_flight`` windows of
+one sink are reserved at a time. An admitted window needs nothing more from the budget to
+finish (its blocks are already listed), so windows never wait on each other: no deadlock,
+however many jobs share the budget and however slow or failing S3 is (a failing upload fails
+the job, and every reservation is returned when the job ends, cancelled or not). A window
+larger than the whole budget could never be admitted, so ``segment_blocks`` above
+``max_buffered_blocks`` is refused before anything moves (bad input, exit 2); it is not
+clamped, which would let the window exceed the budget.
+
 Resuming (``checkpoint_state`` / ``has``): a window is done when every segment of it is in S3
 (PutObject or CompleteMultipartUpload answered, S3 having checked its SHA-256). The checkpoint
 holds how many bytes of the local manifest file are durable (every window before
@@ -61,6 +79,7 @@ from fspd.archive.segments import pack, runs
 from fspd.archive.store import ObjectStore, S3Location, clean_prefix, parse_s3_url, tagging
 from fspd.aws import AwsTarget, call
 from fspd.blocks import GIB, Block, BlockRef, Kind
+from fspd.budget import Reservation
 from fspd.endpoints.context import JobContext
 from fspd.errors import BadInput, PermissionProblem, TransferFailed
 from fspd.jobs import S3DestinationSpec, S3SourceSpec
@@ -107,6 +126,8 @@ class _Window:
     zeros: list[int] = field(default_factory=list)
     state: str = "open"  # open → ready → packing → done
     records: list[Record] = field(default_factory=list)
+    reservation: Reservation | None = None  # its share of the block budget
+    slot: bool = False  # counts against windows_in_flight
 
 
 class S3ArchiveSink:
@@ -155,9 +176,19 @@ class S3ArchiveSink:
         self.windows_resumed = 0
         self.already_complete = False  # an interrupted run had written the manifest
         self._complete: tuple[dict[str, Any], Trailer] | None = None
+        self._in_flight = ctx.settings.s3.windows_in_flight
+        self._slots: asyncio.Semaphore | None = None
+        self._released = False  # release_budget() was called: reserve nothing more
 
     async def open(self, info: VolumeInfo) -> None:
         loc = self.store.loc
+        budget = self.ctx.limits.max_buffered_blocks
+        if self.width > budget:
+            raise BadInput(f"segment_blocks {self.width} exceeds the block budget "
+                           f"([transfer] max_buffered_blocks = {budget}): a window is held in "
+                           "memory whole; use a smaller segment_blocks or raise "
+                           "max_buffered_blocks", field=f"{self.name}.segment_blocks")
+        self._slots = asyncio.Semaphore(self._in_flight)
         await check_bucket(self.store, f"{self.name}.bucket")
         state = self.ctx.resume_state(self.name)
         if state is not None and (state.get("type") != "s3" or state.get("url") != loc.url()):
@@ -388,6 +419,53 @@ class S3ArchiveSink:
                 window.state = "ready"
                 self._ready.append(window)
 
+    # The pipeline's budget hooks (see the module docstring and Pipeline._reserve).
+    async def window_needs(self, index: int) -> int:
+        """Units the block's window must reserve before the block is fetched: the whole
+        window the first time, 0 after (or for a window that is done or not archived)."""
+        window = self._windows.get(index // self.width)
+        if (window is None or window.state != "open" or window.reservation is not None
+                or window.slot or self._released or self._slots is None):
+            return 0
+        if self._slots.locked():  # the windows in flight may be waiting only to be packed
+            await self.flush_ready()
+        await self._slots.acquire()
+        window.slot = True
+        return self.width
+
+    def window_reserved(self, index: int, reservation: Reservation) -> None:
+        window = self._windows.get(index // self.width)
+        if window is None or self._released:
+            reservation.close()
+            return
+        window.reservation = reservation
+
+    def reservation(self, index: int) -> Reservation | None:
+        window = self._windows.get(index // self.width)
+        return window.reservation if window is not None else None
+
+    async def flush_ready(self) -> None:
+        await self._drain()
+
+    def release_budget(self) -> None:
+        """Return every reservation and drop the buffered blocks (the job has ended, or this
+        destination was dropped); idempotent."""
+        self._released = True
+        for window in self._windows.values():
+            self._let_go(window)
+            window.blocks = []
+
+    def _let_go(self, window: _Window) -> None:
+        if window.reservation is not None:
+            window.reservation.drop()  # the pipeline's holds on its blocks may outlast it
+            if self._released:
+                window.reservation.close()
+            window.reservation = None
+        if window.slot:
+            window.slot = False
+            if self._slots is not None:
+                self._slots.release()
+
     async def write(self, block: Block) -> bool:
         if self.has(block.index):  # another destination needed it; this one has it
             return False
@@ -412,18 +490,21 @@ class S3ArchiveSink:
         window.state = "packing"
         blocks = sorted(window.blocks, key=lambda b: b.index)
         window.blocks = []
-        segments = await asyncio.gather(*(self._put_run(run) for run in runs(blocks)))
+        pending = runs(blocks)
         del blocks
+        segments = await asyncio.gather(*(self._put_run(pending, i)
+                                          for i in range(len(pending))))
         records: list[Record] = list(segments)
         for run in _index_runs(sorted(window.zeros)):
             records.append(Zeros(*run))
         window.records = sorted(records, key=lambda r: r.first)
         window.zeros = []
         window.state = "done"
+        self._let_go(window)
         self._emit()
 
-    async def _put_run(self, run: list[Block]) -> Segment:
-        packed = await self.ctx.offload(pack, run, self.level)
+    async def _put_run(self, pending: list[list[Block]], i: int) -> Segment:
+        packed = await self.ctx.offload(pack, pending[i], self.level)  # empties the run
         await self.store.put(packed.record.key, packed.body, packed.sha256,
                              self._segment_extra)
         return packed.record
