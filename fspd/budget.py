@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from typing import Any
 
+from fspd.clock import SYSTEM_CLOCK, Clock
 from fspd.retry import RateController
 
 
 class Bandwidth:
     """A token bucket in bytes per second; ``rate = 0`` means unlimited."""
 
-    def __init__(self, rate: float = 0.0, burst_s: float = 0.5) -> None:
+    def __init__(self, rate: float = 0.0, burst_s: float = 0.5, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.burst_s = burst_s
+        self.clock = clock
         self._rate = 0.0
         self._tokens = 0.0
-        self._stamp = time.monotonic()
+        self._stamp = clock.monotonic()
         self._lock = asyncio.Lock()
         self.set_rate(rate)
 
@@ -44,7 +46,7 @@ class Bandwidth:
             return
         async with self._lock:  # FIFO: waiters are served in order
             while True:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 rate = self._rate
                 if rate <= 0:
                     return
@@ -54,7 +56,7 @@ class Bandwidth:
                 if self._tokens >= nbytes:
                     self._tokens -= nbytes
                     return
-                await asyncio.sleep(min(1.0, (nbytes - self._tokens) / rate))
+                await self.clock.sleep(min(1.0, (nbytes - self._tokens) / rate))
 
 
 class BlockBudget:
@@ -157,10 +159,12 @@ class SharedLimits:
     """Budgets shared by every job of one process."""
 
     def __init__(self, *, per_snapshot_rps: float, per_account_rps: float,
-                 max_buffered_blocks: int, bandwidth: Bandwidth | None = None) -> None:
+                 max_buffered_blocks: int, bandwidth: Bandwidth | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.per_snapshot_rps = per_snapshot_rps
         self.per_account_rps = per_account_rps
-        self.bandwidth = bandwidth or Bandwidth()
+        self.clock = clock  # of the request pacing
+        self.bandwidth = bandwidth or Bandwidth(clock=clock)
         self.max_buffered_blocks = max_buffered_blocks
         self._memory: BlockBudget | None = None
         self._rates: dict[tuple[Any, ...], RateController] = {}
@@ -187,8 +191,10 @@ class SharedLimits:
             account_key = (op, account)
             parent = self._rates.get(account_key)
             if parent is None:
-                parent = self._rates[account_key] = RateController(self.per_account_rps)
-            rate = self._rates[key] = RateController(self.per_snapshot_rps, parent=parent)
+                parent = self._rates[account_key] = RateController(
+                    self.per_account_rps, clock=self.clock)
+            rate = self._rates[key] = RateController(
+                self.per_snapshot_rps, parent=parent, clock=self.clock)
         return rate
 
 

@@ -16,12 +16,12 @@ import math
 import random
 import re
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeVar
 
+from fspd.clock import SYSTEM_CLOCK, Clock
 from fspd.errors import FspdError, PermissionProblem, TransferFailed
 from fspd.log import get_logger
 
@@ -269,7 +269,8 @@ class RateController:
     second that slowing down does not make go away -- ratchet the rate down to ``min_rate``:
     a 2 GiB download took 17-37x as long. Here they cost a test of one or two cuts, then
     nothing (tests/engine/test_rate_controller.py; the benchmark's "Random throttling").
-    ``clock`` is injectable so that tests run the reaction on a fake clock.
+    ``clock`` (its time and its sleep) is injectable so that tests run the reaction and the
+    pacing on a fake clock.
     """
 
     window_s = 0.25        # one decision, and at most one cut, per window
@@ -294,7 +295,7 @@ class RateController:
 
     def __init__(self, max_rate: float, *, min_rate: float = 1.0,
                  parent: RateController | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.parent = parent  # a wider stream this one is part of (the account's)
         self.max_rate = max_rate
         self.min_rate = min_rate
@@ -304,7 +305,7 @@ class RateController:
         self.throttle_events = 0
         self.cuts = 0
         self._next_slot = 0.0
-        now = clock()
+        now = clock.monotonic()
         self._window_start = now
         self._ok = self._throttled = 0
         # The recovery curve: from _cut_rate at _cut_time up to _target, then above it.
@@ -321,7 +322,7 @@ class RateController:
 
     def reserve(self) -> float:
         """Take the next request slot; how long to wait for it (seconds)."""
-        now = self.clock()
+        now = self.clock.monotonic()
         slot = max(now - self.burst_s, self._next_slot)
         self._next_slot = slot + 1.0 / self.rate
         return max(0.0, slot - now)
@@ -331,7 +332,7 @@ class RateController:
             generation = self._generation
             delay = self.reserve()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             # A slot reserved before a cut is void: without this, every request already
             # waiting (up to the stream's concurrency) would still go at the old rate.
             if generation == self._generation:
@@ -343,7 +344,7 @@ class RateController:
         if self.parent is not None:
             self.parent.on_success()
         self._ok += 1
-        now = self.clock()
+        now = self.clock.monotonic()
         if not self._close_window(now):
             self.rate = self._recovered(now)
 
@@ -354,7 +355,7 @@ class RateController:
             return
         self.throttle_events += 1
         self._throttled += 1
-        self._close_window(self.clock())
+        self._close_window(self.clock.monotonic())
 
     def _recovered(self, now: float) -> float:
         """The rate on the recovery curve at ``now``."""
@@ -437,11 +438,14 @@ class RateController:
 
 class Retrier:
     """Runs one request under the retry policy, sharing a :class:`RateController` with the
-    other requests of the same stream and counting what it did in ``on_retry(kind)``."""
+    other requests of the same stream and counting what it did in ``on_retry(kind)``.
+    ``not_found_grace_until`` is a time on ``clock`` (the system's monotonic clock unless a
+    test gives another)."""
 
     def __init__(self, *, max_attempts: int, max_throttle_attempts: int, backoff_base: float,
                  backoff_cap: float, not_found_window: float, rate: RateController | None = None,
-                 on_retry: Callable[[str], None] | None = None) -> None:
+                 on_retry: Callable[[str], None] | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.max_attempts = max_attempts
         self.max_throttle_attempts = max_throttle_attempts
         self.backoff_base = backoff_base
@@ -449,6 +453,7 @@ class Retrier:
         self.not_found_window = not_found_window
         self.rate = rate
         self.on_retry = on_retry or (lambda kind: None)
+        self.clock = clock
 
     async def run(self, call: Callable[[], Awaitable[T]], *,
                   refresh_token: Callable[[], Awaitable[None]] | None = None,
@@ -474,7 +479,7 @@ class Retrier:
                     delay = backoff_delay(min(throttles, 8), self.backoff_base, self.backoff_cap)
                     # Throttling is pacing, not trouble: at debug, or it would flood the log.
                     _log_retry(exc, throttles, self.max_throttle_attempts, delay, debug=True)
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)
                     continue
                 if verdict is Verdict.TOKEN_EXPIRED and refresh_token and refreshes < 2:
                     refreshes += 1
@@ -482,13 +487,13 @@ class Retrier:
                     _log_retry(exc, refreshes, 3, 0.0)
                     await refresh_token()
                     continue
-                if verdict is Verdict.NOT_FOUND and time.monotonic() < not_found_grace_until:
+                if verdict is Verdict.NOT_FOUND and self.clock.monotonic() < not_found_grace_until:
                     self.on_retry("not_found")
                     delay = backoff_delay(min(attempts, 5) + 1, self.backoff_base,
                                           self.backoff_cap)
                     attempts += 1
                     _log_retry(exc, attempts, None, delay)
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)
                     continue
                 if verdict is Verdict.TRANSIENT:
                     attempts += 1
@@ -499,7 +504,7 @@ class Retrier:
                     self.on_retry("corrupt" if isinstance(exc, CorruptBlock) else "transient")
                     delay = backoff_delay(attempts, self.backoff_base, self.backoff_cap)
                     _log_retry(exc, attempts, self.max_attempts, delay)
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)
                     continue
                 raise fatal_error(exc) from None
             if self.rate is not None:

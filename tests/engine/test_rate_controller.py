@@ -9,16 +9,9 @@ from __future__ import annotations
 import random
 
 from fspd.retry import RateController
+from tests.fakes import FakeClock
 
 MAX = 970.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def drive(rc: RateController, clock: FakeClock, seconds: float, throttle_share: float,
