@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,29 +17,55 @@ from fspd.pipeline import Gap, VolumeInfo
 
 
 class FakeClock:
-    """A monotonic clock that moves only when something sleeps on it (or a test sets
-    ``now``). ``sleep`` yields to the event loop once, then jumps to its deadline; every
-    requested sleep is kept in ``sleeps``."""
+    """A monotonic clock in virtual time: ``sleep`` waits until the clock reaches its deadline,
+    and whenever every task is waiting the clock jumps to the earliest deadline. Nothing waits
+    for real, and concurrent sleepers wake in deadline order. Every requested sleep is kept in
+    ``sleeps``; a test may also move ``now`` itself."""
 
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
         self.sleeps: list[float] = []
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+        self._driver: asyncio.Task[None] | None = None
 
     def monotonic(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        deadline = self.now + seconds
-        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
-        self.now = max(self.now, deadline)
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._seq += 1
+        heapq.heappush(self._timers, (self.now + seconds, self._seq, future))
+        if self._driver is None or self._driver.done():
+            self._driver = loop.create_task(self._drive())
+        await future
+
+    async def _drive(self) -> None:
+        """Jump to the next deadline each time the other tasks have all stopped."""
+        while True:
+            await settle()
+            while self._timers and self._timers[0][2].done():  # its sleeper was cancelled
+                heapq.heappop(self._timers)
+            if not self._timers:
+                return
+            deadline, _, future = heapq.heappop(self._timers)
+            self.now = max(self.now, deadline)
+            future.set_result(None)
 
 
 async def settle(rounds: int = 200) -> None:
-    """Run the event loop until every in-memory task is blocked: with only fakes (no I/O, no
-    timers), a few hundred passes of the loop leave nothing runnable."""
+    """Run the event loop until every other task is blocked (only fakes: no I/O, no timers),
+    or for ``rounds`` passes at most."""
+    loop = asyncio.get_running_loop()
     for _ in range(rounds):
         await asyncio.sleep(0)
+        if not getattr(loop, "_ready", True):  # nothing else runnable (CPython's loop)
+            return
 
 
 def block_bytes(index: int) -> bytes:
