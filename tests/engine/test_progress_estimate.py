@@ -3,7 +3,6 @@ the units every view prints."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -161,23 +160,23 @@ async def test_a_real_download_shows_an_estimate_close_to_the_exact_total_before
     emulator.reset()
     snap = emulator.synthetic(volume_size=4, allocation="sparse", density=0.05, seed=5)
     emulator.faults(latency_ms=15, operations=["GetSnapshotBlock"])
-    progress = Progress()
     seen: list[tuple[int, int, int]] = []  # (blocks_done, estimate, listed) while estimated
 
-    async def sample() -> None:
-        while True:
-            total, estimated = progress.total()
-            if estimated and total is not None:
-                seen.append((progress.blocks_done, total, progress.blocks_listed))
-            await asyncio.sleep(0.01)
+    class Sampled(Progress):
+        """The estimate as a display would show it, after every block done."""
 
-    sampler = asyncio.create_task(sample())
+        def block_done(self, nbytes: int = BLOCK_SIZE, *, skipped: bool = False) -> None:
+            super().block_done(nbytes, skipped=skipped)
+            total, estimated = self.total()
+            if estimated and total is not None:
+                seen.append((self.blocks_done, total, self.blocks_listed))
+
+    progress = Sampled()
     try:
         await download(emulator.url, snap, tmp_path / "out.img",
                        settings=fast_settings(fetch_concurrency=4, queue_blocks=8),
                        progress=progress)
     finally:
-        sampler.cancel()
         emulator.clear_faults()
     exact = progress.blocks_total
     assert exact is not None and exact > 200
