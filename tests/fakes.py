@@ -14,6 +14,7 @@ from typing import Any
 from fspd.blocks import BLOCK_SIZE, Block, BlockRef, Kind
 from fspd.errors import TransferFailed
 from fspd.pipeline import Gap, VolumeInfo
+from fspd.progress import Progress
 
 
 class FakeClock:
@@ -166,3 +167,32 @@ class FakeSink:
     async def abort(self, error: BaseException) -> dict[str, Any]:
         self.state = "aborted"
         return {"destination": self.name, "state": "failed", "error": str(error)}
+
+
+class WatchedProgress(Progress):
+    """Progress that lets a test wait for a number of blocks done (no polling), and with
+    ``depths`` records the queues' total depth at every block done."""
+
+    def __init__(self, *, depths: bool = False) -> None:
+        super().__init__()
+        self.depths: list[int] | None = [] if depths else None
+        self._changed = asyncio.Event()
+
+    def block_done(self, nbytes: int = BLOCK_SIZE, *, skipped: bool = False) -> None:
+        super().block_done(nbytes, skipped=skipped)
+        if self.depths is not None:
+            self.depths.append(sum(s.snapshot()["queue_depth"] for s in self.stages.values()))
+        self._changed.set()
+
+    async def wait_done(self, blocks: int, job: asyncio.Task[Any] | None = None) -> None:
+        """Until ``blocks`` blocks are done (within a minute); fails if ``job`` ends first."""
+        async with asyncio.timeout(60):
+            while self.blocks_done < blocks:
+                assert job is None or not job.done(), "the job ended first"
+                self._changed.clear()
+                changed = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait([changed] if job is None else [job, changed],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fspd.blocks import BLOCK_SIZE
 from fspd.emulator.control import EmulatorControl
-from fspd.progress import Progress
 from tests.engine._support import download, fast_settings
+from tests.fakes import WatchedProgress
 
 BUDGET = 16  # the smallest the settings allow
 SLACK_BLOCKS = 8  # a body being joined, the socket's read buffers, the file sink's write
@@ -21,17 +21,15 @@ async def test_block_data_in_memory_stays_within_the_budget_with_many_fetchers(
     snap = emulator.synthetic(region="us-east-1", volume_size=1, allocation="sparse",
                               density=0.25, seed=12)
     settings = fast_settings(fetch_concurrency=128, max_buffered_blocks=BUDGET)
-    progress = Progress()
+    progress = WatchedProgress()
     tracemalloc.start()
     try:
         task = asyncio.create_task(download(emulator.url, snap, tmp_path / "out.img",
                                             settings=settings, progress=progress))
-        while progress.blocks_done < 16 and not task.done():  # clients and models loaded
-            await asyncio.sleep(0.01)
+        await progress.wait_done(16, task)  # clients and models loaded
         tracemalloc.reset_peak()
         baseline = tracemalloc.get_traced_memory()[0]
-        while progress.blocks_done < 400 and not task.done():
-            await asyncio.sleep(0.01)
+        await progress.wait_done(400, task)
         peak = tracemalloc.get_traced_memory()[1]
         result = await task
     finally:

@@ -22,7 +22,6 @@ import pytest
 
 from fspd.emulator.control import EmulatorControl
 from fspd.errors import BadInput, ExitCode, PermissionProblem
-from fspd.progress import Progress
 from tests.conftest import TEST_AWS_CONFIG
 from tests.engine._support import (
     assert_matches_snapshot,
@@ -30,6 +29,7 @@ from tests.engine._support import (
     make_image,
     run,
 )
+from tests.fakes import WatchedProgress
 
 CONFIG = """
 [transfer]
@@ -290,12 +290,11 @@ async def test_revoked_read_permission_mid_download_names_the_iam_action(
                               density=0.02, seed=36)
     emulator.faults(latency_ms=100, operations=["GetSnapshotBlock"])  # ~40 blocks: ~2 s
     task_started = time.monotonic()
-    progress = Progress()
+    progress = WatchedProgress()
 
     async def revoke() -> None:
         """Once the first blocks have arrived (a condition, not a time), mid-download."""
-        while progress.blocks_done < 2:
-            await asyncio.sleep(0.01)
+        await progress.wait_done(2)
         await asyncio.to_thread(emulator.config, deny=[{"operations": ["GetSnapshotBlock"]}])
 
     revoker = asyncio.create_task(revoke())

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from fspd.emulator.control import EmulatorControl
-from fspd.progress import Progress
 from tests.engine._support import download
+from tests.fakes import WatchedProgress
 
 
 async def test_cancelling_a_download_stops_every_stage_and_leaves_no_task(
@@ -15,13 +15,10 @@ async def test_cancelling_a_download_stops_every_stage_and_leaves_no_task(
     snap = emulator.synthetic(region="us-east-1", volume_size=4, allocation="full", seed=9)
     emulator.faults(latency_ms=20, operations=["GetSnapshotBlock"])
     before = asyncio.all_tasks()
-    progress = Progress()
+    progress = WatchedProgress()
     task = asyncio.create_task(download(emulator.url, snap, tmp_path / "out.img",
                                         progress=progress))
-    for _ in range(500):  # polling an external process's progress, bounded to 10 s
-        if progress.blocks_done >= 20:
-            break
-        await asyncio.sleep(0.02)
+    await progress.wait_done(20, task)
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=10)
     assert task in done and task.cancelled()
@@ -35,15 +32,7 @@ async def test_queues_stay_bounded_while_the_writer_is_slow(
         emulator: EmulatorControl, tmp_path: Path) -> None:
     """Backpressure: the stages before a slow sink wait instead of buffering blocks."""
     snap = emulator.synthetic(region="us-east-1", volume_size=1, allocation="full", seed=10)
-    progress = Progress()
-    task = asyncio.create_task(download(emulator.url, snap, tmp_path / "out.img",
-                                        progress=progress))
-    peak = 0
-    while not task.done():
-        snap_ = progress.snapshot()
-        depth = sum(s["queue_depth"] for s in snap_["stages"].values())
-        peak = max(peak, depth)
-        await asyncio.sleep(0.005)
-    await task
+    progress = WatchedProgress(depths=True)
+    await download(emulator.url, snap, tmp_path / "out.img", progress=progress)
     # fast_settings(): queue_blocks=32 per queue, two queues.
-    assert peak <= 2 * 32
+    assert progress.depths and max(progress.depths) <= 2 * 32
