@@ -135,10 +135,6 @@ class Reservation:
         self.units = units
         self._refs = 1
 
-    @property
-    def closed(self) -> bool:
-        return self._refs <= 0
-
     def retain(self) -> None:
         if self._refs > 0:
             self._refs += 1

@@ -302,7 +302,6 @@ class RateController:
         self.rate = max_rate
         self.clock = clock
         self.background = 0.0
-        self.throttle_events = 0
         self.cuts = 0
         self._next_slot = 0.0
         now = clock.monotonic()
@@ -314,11 +313,6 @@ class RateController:
         self._episode: _Episode | None = None
         self._generation = 0  # cuts so far: slots reserved before a cut are void
         self._last_storm = -math.inf
-
-    def set_max_rate(self, rate: float) -> None:
-        self.max_rate = rate
-        self.rate = min(self.rate, rate)
-        self._target = min(self._target, rate)
 
     def reserve(self) -> float:
         """Take the next request slot; how long to wait for it (seconds)."""
@@ -353,7 +347,6 @@ class RateController:
         if account and self.parent is not None:
             self.parent.on_throttle()
             return
-        self.throttle_events += 1
         self._throttled += 1
         self._close_window(self.clock.monotonic())
 

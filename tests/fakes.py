@@ -87,7 +87,6 @@ class FakeSource:
         self.fail_fetch_at = fail_fetch_at
         self.listed = 0  # entries (refs and gaps) handed to the pipeline
         self.fetched: list[int] = []
-        self.closed = False
 
     async def open(self) -> VolumeInfo:
         return VolumeInfo(volume_size=self.volume_blocks * BLOCK_SIZE, origin="fake")
@@ -115,7 +114,7 @@ class FakeSource:
         return Block(ref.index, data, hashlib.sha256(data).digest(), False)
 
     async def close(self) -> None:
-        self.closed = True
+        return None
 
 
 class FakeSink:

@@ -93,9 +93,6 @@ class DirWatcher:
                     continue
         return False
 
-    def poke(self) -> None:
-        self._event.set()
-
     async def wait(self, max_wait_s: float) -> None:
         try:
             async with asyncio.timeout(max_wait_s):
