@@ -118,17 +118,35 @@ async def test_not_found_window_gives_404_right_after_start_then_works(emulator,
     assert (await complete(ebs, sid, {0: block(0)}))["Status"] == "completed"
 
 
+async def _while_not_found(call, limit: float = 5.0):
+    """Repeat ``call`` while it answers 404 (the not-found window); its answer, or the error
+    it raised otherwise."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return await call()
+        except ClientError as err:
+            if err.response["ResponseMetadata"]["HTTPStatusCode"] != 404:
+                return err
+            assert time.monotonic() < deadline, "the not-found window never ended"
+            await asyncio.sleep(0.05)
+
+
 async def test_not_found_window_also_applies_right_after_completion(emulator, ebs):
     # AWS advised retrying 404s for a while right after StartSnapshot and after completion.
     sid = (await ebs.start_snapshot(VolumeSize=1))["SnapshotId"]
     await put(ebs, sid, 0, block(0))
     emulator.config(not_found_window=0.4)
-    await asyncio.sleep(0.45)  # past the window that follows StartSnapshot
+    # Past the window that follows StartSnapshot: a pending snapshot cannot be read (400).
+    refused = await _while_not_found(lambda: ebs.list_snapshot_blocks(SnapshotId=sid))
+    assert isinstance(refused, ClientError)
+    assert refused.response["Error"]["Code"] == "ValidationException"
+    completing = time.monotonic()
     assert (await complete(ebs, sid, {0: block(0)}))["Status"] == "completed"
     await expect_error(ebs.list_snapshot_blocks(SnapshotId=sid), "ResourceNotFoundException", 404,
                        "SNAPSHOT_NOT_FOUND")
-    await asyncio.sleep(0.45)
-    listed, _ = await list_all(ebs, sid)
+    listed, _ = await _while_not_found(lambda: list_all(ebs, sid))
+    assert time.monotonic() - completing >= 0.35  # the window after completion was kept
     assert [b["BlockIndex"] for b in listed] == [0]
 
 
