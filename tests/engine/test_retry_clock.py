@@ -4,14 +4,17 @@ throttle adaptation and the token-refresh path. Nothing here sleeps for real."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import fspd
 from fspd.budget import Bandwidth, SharedLimits
 from fspd.errors import ExitCode, FspdError, PermissionProblem, TransferFailed
 from fspd.retry import ApiError, RateController, Retrier
@@ -278,3 +281,15 @@ def test_shared_limits_pace_every_stream_on_their_clock() -> None:
     rate = limits.rate("get", "account", "snap-1")
     assert rate.clock is clock and rate.parent is not None and rate.parent.clock is clock
     assert limits.bandwidth.clock is clock
+
+
+@pytest.mark.parametrize("module", ["retry.py", "budget.py"])
+def test_retry_and_pacing_read_time_only_through_their_clock(module: str) -> None:
+    """A direct ``time.monotonic()`` or ``asyncio.sleep()`` would bypass the fake clock and
+    make these tests wait for real."""
+    source = (Path(fspd.__file__).parent / module).read_text()
+    direct = {f"{node.value.id}.{node.attr}" for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and (node.value.id, node.attr) in {("time", "monotonic"), ("time", "time"),
+                                                 ("time", "sleep"), ("asyncio", "sleep")}}
+    assert direct == set()
