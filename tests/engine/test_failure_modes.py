@@ -30,6 +30,7 @@ from tests.engine._support import (
     run,
 )
 from tests.fakes import WatchedProgress
+from tests.waiting import wait_until
 
 CONFIG = """
 [transfer]
@@ -89,12 +90,8 @@ class Job:
     def wait_for_checkpoint(self) -> None:
         """Until the running job has journalled at least one block."""
         assert self.proc is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if self.checkpoint.exists() and _journalled(self.checkpoint):
-                return
-            time.sleep(0.02)
-        pytest.fail(f"the job journalled no block before ending: {self.proc.communicate()}")
+        wait_until(lambda: self.checkpoint.exists() and _journalled(self.checkpoint),
+                   self.proc, "a block journalled", timeout=30)
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         assert self.proc is not None

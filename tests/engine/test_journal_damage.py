@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from fspd.emulator.control import EmulatorControl
 from tests.cli.conftest import assert_clean, fspd_argv
 from tests.conftest import TEST_AWS_CONFIG
 from tests.engine._support import assert_matches_snapshot, make_image
+from tests.waiting import wait_until
 
 NAME = "journal"
 DEST = "destinations[0]"
@@ -74,15 +74,12 @@ class Job:
     def kill_after(self, blocks: int, key: str) -> dict[str, Any]:
         """kill -9 once the journal on disk claims ``blocks`` blocks in ``key``."""
         proc = self.start()
-        deadline = time.monotonic() + 60
-        while True:
+
+        def claimed() -> dict[str, Any] | None:
             data = self.journal()
-            if data and _bits(data["sinks"][DEST][key]) >= blocks:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the job ended before it could be killed: {proc.communicate()}")
-            time.sleep(0.01)
+            return data if data and _bits(data["sinks"][DEST][key]) >= blocks else None
+
+        data = wait_until(claimed, proc, f"the journal to claim {blocks} blocks")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         proc.communicate()
@@ -321,12 +318,8 @@ async def test_an_archive_whose_journal_was_damaged_is_written_whole_and_exact(
                           "endpoint_url": moto, "segment_blocks": 4, "zstd_level": 1}]})
     emulator.faults(latency_ms=40, operations=["GetSnapshotBlock"])
     proc = job.start()
-    deadline = time.monotonic() + 60
-    while not ((data := job.journal()) and data["sinks"][DEST].get("next_window", 0) >= 2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the job ended before it could be killed: {proc.communicate()}")
-        time.sleep(0.01)
+    wait_until(lambda: (data := job.journal()) and data["sinks"][DEST].get("next_window", 0) >= 2,
+               proc, "two windows journalled")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     proc.communicate()

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.checkpoints import durable_blocks
 from tests.conftest import TEST_AWS_CONFIG
 from tests.daemon.conftest import wait_for
 from tests.engine._support import assert_matches_snapshot, make_image
+from tests.waiting import wait_until
 
 CONFIG = """
 [transfer]
@@ -49,11 +49,7 @@ def _kill_mid_job(job: Path, state: Path, config: Path, seed: int) -> None:
     emulator latency, so it is still running then)."""
     proc = _start(job, state, config)
     want = random.Random(seed).randint(1, 8)
-    deadline = time.monotonic() + 60
-    while _journalled(state) < want and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        pytest.fail(f"the job ended before it could be killed: {proc.communicate()}")
+    wait_until(lambda: _journalled(state) >= want, proc, f"{want} durable blocks journalled")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     proc.communicate()

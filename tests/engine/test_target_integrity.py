@@ -17,6 +17,7 @@ import pytest
 from fspd.emulator.control import EmulatorControl
 from tests.cli.conftest import assert_clean, fspd_argv
 from tests.engine._support import assert_matches_snapshot
+from tests.waiting import wait_until
 
 SLOW = """
 [transfer]
@@ -46,16 +47,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120) -> subprocess.Comp
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert_clean(result)
     return result
-
-
-def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[str], what: str,
-               timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gave up waiting for {what}: {proc.communicate()}")
-        time.sleep(0.01)
 
 
 def has_data(path: Path) -> bool:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.s3._support import (
     run,
     s3_client,
 )
+from tests.waiting import wait_until
 
 NAME = "resume-me"
 DEST = "destinations[0]"
@@ -75,15 +75,13 @@ class Job:
         """Start the job and kill -9 it as soon as its checkpoint satisfies ``ready``;
         return that checkpoint (the one the next run resumes from, or an earlier one)."""
         proc = self.start()
-        deadline = time.monotonic() + 30
-        while True:
+
+        def reached() -> dict[str, Any] | None:
             state = self.sink_state()
-            if state is not None and ready(state):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the job ended before it could be killed: {proc.communicate()}")
-            time.sleep(0.005)
+            return state if state is not None and ready(state) else None
+
+        # Polled often: some jobs here are fast, and must be caught before they end.
+        state = wait_until(reached, proc, "the checkpoint to kill at", timeout=30, poll_s=0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         proc.communicate()
