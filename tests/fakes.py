@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fspd.blocks import BLOCK_SIZE, Block, BlockRef, Kind
@@ -134,7 +134,6 @@ class FakeSink:
         self.gaps: list[Gap] = []
         self.writing = 0  # writes in progress (waiting at the gate included)
         self.state = "new"
-        self.on_write: Callable[[int], None] | None = None
 
     async def open(self, info: VolumeInfo) -> None:
         self.info = info
@@ -147,8 +146,6 @@ class FakeSink:
                 await self.gate.acquire()
             if block.index == self.fail_at:
                 raise TransferFailed(f"{self.name}: block {block.index} cannot be written")
-            if self.on_write is not None:
-                self.on_write(block.index)
             if block.zero and self.skip_zeros:
                 return False
             self.blocks[block.index] = block.data
