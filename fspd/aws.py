@@ -123,6 +123,13 @@ class AwsClients:
             self._clients[key] = await self._stack.enter_async_context(ctx)
         return self._clients[key]
 
+    async def ca_bundle(self, target: AwsTarget) -> str | None:
+        """The CA bundle botocore's clients for ``target`` trust (``AWS_CA_BUNDLE`` or the
+        profile's ``ca_bundle``), for fspd's own HTTPS connections; None: botocore's default."""
+        session = await self.session(target)
+        value = session.get_config_variable("ca_bundle")
+        return str(value) if value else None
+
     async def credentials(self, target: AwsTarget) -> Any:
         """The credentials for ``target``; none found is a PermissionProblem at once (no
         request is retried for want of them), naming every source botocore looked in."""
