@@ -103,6 +103,17 @@ def test_without_the_ca_bundle_fspd_fails_at_once_naming_the_certificate(
     assert emu.stats()["requests"] == {}  # nothing got through the handshake
 
 
+def test_a_ca_bundle_that_is_not_a_file_is_bad_input_named(
+        tls_env: dict[str, str], emu: EmulatorControl, tmp_path: Path) -> None:
+    snap = emu.synthetic(volume_size=1, allocation="sparse", density=0.001, seed=6)
+    fspd = _runner({**tls_env, "AWS_CA_BUNDLE": str(tmp_path / "missing.pem")}, tmp_path)
+    result = fspd(f"fspd download {snap} out.img")
+    assert result.returncode == 2, result.stderr
+    assert "AWS_CA_BUNDLE" in result.stderr and "missing.pem" in result.stderr
+    assert "attempt" not in result.stderr
+    assert emu.stats()["requests"] == {}
+
+
 def test_cert_out_without_tls_is_bad_input(tmp_path: Path) -> None:
     fspd = _runner(dict(os.environ), tmp_path)
     result = fspd(f"fspd emulator --port 0 --cert-out {tmp_path / 'ca.pem'}")
