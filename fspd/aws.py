@@ -82,6 +82,7 @@ class AwsClients:
         key = (target.profile, target.role_arn, target.external_id)
         if key not in self._sessions:
             session = profile_session(target.profile)
+            _check_ca_bundle(session)
             try:
                 if target.role_arn:
                     await self._assume_role(session, target)
@@ -123,6 +124,13 @@ class AwsClients:
             self._clients[key] = await self._stack.enter_async_context(ctx)
         return self._clients[key]
 
+    async def ca_bundle(self, target: AwsTarget) -> str | None:
+        """The CA bundle botocore's clients for ``target`` trust (``AWS_CA_BUNDLE`` or the
+        profile's ``ca_bundle``), for fspd's own HTTPS connections; None: botocore's default."""
+        session = await self.session(target)
+        value = session.get_config_variable("ca_bundle")
+        return str(value) if value else None
+
     async def credentials(self, target: AwsTarget) -> Any:
         """The credentials for ``target``; none found is a PermissionProblem at once (no
         request is retried for want of them), naming every source botocore looked in."""
@@ -155,6 +163,16 @@ def profile_session(profile: str | None) -> AioSession:
     # Once the profile is known to exist: reading data_path through an unknown one raises.
     share_models(session)  # parse each service model once per process
     return session
+
+
+def _check_ca_bundle(session: AioSession) -> None:
+    """A CA bundle that is not a file is bad input, named (botocore would fail every request
+    with "No such file or directory", and each would be retried as a network error)."""
+    bundle = session.get_config_variable("ca_bundle")
+    if bundle and not os.path.isfile(bundle):
+        field = "AWS_CA_BUNDLE" if os.environ.get("AWS_CA_BUNDLE") else "ca_bundle"
+        raise BadInput(f"{bundle} is not a readable file of trusted certificates (PEM)",
+                       field=field)
 
 
 _SOURCE_NAMES = {

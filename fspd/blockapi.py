@@ -16,12 +16,14 @@ Both return/raise the same things: bytes plus the server's checksum, or :class:`
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import yarl
 from botocore.exceptions import ClientError
+from botocore.httpsession import get_cert_path
 
 from fspd.retry import ApiError, Unreachable, endpoint_answered
 from fspd.sigv4 import Signer
@@ -74,7 +76,8 @@ class SignedHttpBlockApi:
     whose connection pool is as large as the requests in flight."""
 
     def __init__(self, endpoint_url: str, region: str, credentials: Any, *,
-                 max_connections: int, connect_timeout: float, read_timeout: float) -> None:
+                 max_connections: int, connect_timeout: float, read_timeout: float,
+                 ca_bundle: str | None = None) -> None:
         self._base = endpoint_url.rstrip("/")
         parts = urlsplit(self._base)
         default_port = {"http": 80, "https": 443}.get(parts.scheme)
@@ -87,7 +90,8 @@ class SignedHttpBlockApi:
         self._seen = False
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
-                                           ttl_dns_cache=300),
+                                           ttl_dns_cache=300,
+                                           ssl=_tls_context(parts.scheme, ca_bundle)),
             # A deadline per request (one timer), rather than per socket read (a timer
             # rescheduled for every chunk of every 512 KiB body).
             timeout=aiohttp.ClientTimeout(total=read_timeout, sock_connect=connect_timeout),
@@ -153,6 +157,14 @@ class SignedHttpBlockApi:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def _tls_context(scheme: str, ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """Trust what botocore trusts: the given bundle (AWS_CA_BUNDLE, the profile's ca_bundle),
+    else botocore's default bundle, rather than aiohttp's default of the system store."""
+    if scheme != "https":
+        return True  # aiohttp's default; no TLS on this connector
+    return ssl.create_default_context(cafile=get_cert_path(ca_bundle or True))
 
 
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

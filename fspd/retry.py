@@ -105,6 +105,7 @@ class Unreachable(Exception):
         self.endpoint = endpoint.rstrip("/")
         self.cause = cause
         self.never_answers = _never_answers(cause)
+        self.untrusted = _untrusted_certificate(cause)
         super().__init__(f"{operation} to {self.endpoint}: {_describe_cause(cause)}")
 
 
@@ -144,6 +145,17 @@ def _never_answers(exc: BaseException) -> bool:
     return False
 
 
+def _untrusted_certificate(exc: BaseException) -> str | None:
+    """Why the endpoint's TLS certificate was refused (not trusted, wrong name, expired), if
+    it was: no retry changes that. (By class name: aiohttp's and botocore's errors wrap or
+    subclass ``ssl.SSLCertVerificationError``.)"""
+    for cur in _chain(exc):
+        cert = getattr(cur, "certificate_error", cur)  # aiohttp's wrapper holds the ssl one
+        if any(cls.__name__ == "SSLCertVerificationError" for cls in type(cert).__mro__):
+            return str(getattr(cert, "verify_message", "") or cert)
+    return None
+
+
 def _describe_cause(exc: BaseException) -> str:
     for cur in _chain(exc):
         if isinstance(cur, ConnectionRefusedError):
@@ -174,6 +186,8 @@ def classify(exc: BaseException) -> Verdict:
             return Verdict.TRANSIENT
         return Verdict.FATAL
     if isinstance(exc, Unreachable):
+        if exc.untrusted:
+            return Verdict.FATAL
         first_contact = exc.endpoint not in _answered
         return Verdict.FATAL if exc.never_answers and first_contact else Verdict.TRANSIENT
     if isinstance(exc, CorruptBlock | asyncio.TimeoutError | TimeoutError | ConnectionError):
@@ -203,6 +217,11 @@ def fatal_error(exc: BaseException) -> FspdError:
                 f"for {action}. AWS said: {exc.message}")
         return TransferFailed(f"{exc.operation} failed: {exc.code}"
                               f"{' (' + exc.reason + ')' if exc.reason else ''}: {exc.message}")
+    if isinstance(exc, Unreachable) and exc.untrusted:
+        return TransferFailed(
+            f"the TLS certificate of {exc.endpoint} is not trusted ({exc.untrusted}) on "
+            f"{exc.operation}: if the endpoint uses a private certificate authority, give its "
+            "PEM bundle with AWS_CA_BUNDLE (or ca_bundle in the AWS config profile)")
     if isinstance(exc, Unreachable):
         return TransferFailed(
             f"cannot reach {exc.endpoint} ({_describe_cause(exc.cause)}) on the first "

@@ -11,9 +11,12 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fspd.emulator import config as cfgmod
+
+if TYPE_CHECKING:
+    import ssl
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -40,6 +43,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--completion-delay", type=float, metavar="SECONDS")
     p.add_argument("--not-found-window", type=float, metavar="SECONDS")
     p.add_argument("--no-throttling", action="store_true")
+    p.add_argument("--tls", action="store_true",
+                   help="serve HTTPS with a certificate made at start (its CA is written to "
+                   "--cert-out, for AWS_CA_BUNDLE)")
+    p.add_argument("--cert-out", type=Path, metavar="PATH",
+                   help="with --tls: where to write the CA certificate (PEM) clients must "
+                   "trust (default: ca.pem in the data dir)")
     p.set_defaults(handler=run)
 
 
@@ -69,7 +78,8 @@ def _write_ready(path: Path, url: str) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(args: argparse.Namespace, config: dict[str, Any], data_dir: Path) -> None:
+async def _serve(args: argparse.Namespace, config: dict[str, Any], data_dir: Path,
+                 ssl_context: ssl.SSLContext | None) -> None:
     from aiohttp import web
 
     from fspd.emulator.server import make_app, new_state
@@ -77,16 +87,20 @@ async def _serve(args: argparse.Namespace, config: dict[str, Any], data_dir: Pat
     app = make_app(new_state(config, data_dir))
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+    site = web.TCPSite(runner, args.host, args.port, reuse_address=True,
+                       ssl_context=ssl_context)
     await site.start()
     server = site._server
     assert server is not None and server.sockets  # type: ignore[union-attr]
     port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{port}"
+    url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
     if args.ready_file:
         _write_ready(args.ready_file, url)
-    print(json.dumps({"event": "listening", "url": url}), flush=True)
+    event = {"event": "listening", "url": url}
+    if ssl_context is not None:
+        event["ca_bundle"] = str(args.cert_out)
+    print(json.dumps(event), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     except (cfgmod.ConfigError, OSError, ValueError) as exc:
         print(f"fspd emulator: {exc}", file=sys.stderr)
         return 2
+    if args.cert_out is not None and not args.tls:
+        print("fspd emulator: --cert-out: needs --tls", file=sys.stderr)
+        return 2
     temp = None
     if args.data_dir is None:
         temp = tempfile.mkdtemp(prefix="fspd-emulator-")
@@ -117,7 +134,21 @@ def run(args: argparse.Namespace) -> int:
         data_dir = args.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        run_loop(_serve(args, config, data_dir))
+        ssl_context = None
+        if args.tls:
+            from fspd.emulator.tls import TlsUnavailable, make_server_context
+
+            args.cert_out = (args.cert_out or data_dir / "ca.pem").absolute()
+            try:
+                ssl_context = make_server_context(args.host, args.cert_out)
+            except TlsUnavailable as exc:
+                print(f"fspd emulator: {exc}", file=sys.stderr)
+                return 2
+            except OSError as exc:
+                print(f"fspd emulator: --cert-out: cannot write {args.cert_out}: "
+                      f"{exc.strerror or exc}", file=sys.stderr)
+                return 2
+        run_loop(_serve(args, config, data_dir, ssl_context))
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,14 +29,20 @@ class EmulatorError(RuntimeError):
 
 
 class EmulatorProcess:
-    """``fspd emulator`` in a child process on a free port."""
+    """``fspd emulator`` in a child process on a free port.
+
+    With ``tls``, it serves HTTPS and ``ca_bundle`` is the PEM file a client must trust
+    (``AWS_CA_BUNDLE``; ``EmulatorControl(url, ca_bundle=...)``)."""
 
     def __init__(self, data_dir: Path | None = None, args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, tls: bool = False) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(
             tempfile.mkdtemp(prefix="fspd-emulator-"))
+        self.ca_bundle = (self.data_dir / "ca.pem").absolute() if tls else None
         self.args = list(args)
+        if self.ca_bundle is not None:
+            self.args += ["--tls", "--cert-out", str(self.ca_bundle)]
         self.env = dict(env) if env is not None else None
         self.url: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -93,9 +100,11 @@ class EmulatorProcess:
 class EmulatorControl:
     """The emulator's ``/_emulator/`` API."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0,
+                 ca_bundle: str | Path | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else None
 
     def _call(self, method: str, path: str, body: Any = None,
               query: Mapping[str, Any] | None = None, raw: bool = False) -> Any:
@@ -107,7 +116,8 @@ class EmulatorControl:
         req = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout,
+                                        context=self._ssl) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             text = exc.read().decode(errors="replace")

@@ -50,7 +50,8 @@ class JobContext:
                 api = await SignedHttpBlockApi.for_client(
                     ebs, await self.clients.credentials(target),
                     max_connections=max(t.fetch_concurrency, t.put_concurrency) + 8,
-                    connect_timeout=r.connect_timeout_s, read_timeout=r.read_timeout_s)
+                    connect_timeout=r.connect_timeout_s, read_timeout=r.read_timeout_s,
+                    ca_bundle=await self.clients.ca_bundle(target))
             else:
                 api = BotocoreBlockApi(ebs)
             self._block_apis[target] = api

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -47,9 +48,11 @@ async def list_tokens(session: aiohttp.ClientSession, base: str, snapshot_id: st
     return out[:limit]
 
 
-def _session(concurrency: int) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                 auto_decompress=False)
+def _session(concurrency: int, ssl_context: ssl.SSLContext | None = None
+             ) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, ssl=ssl_context or True),
+        auto_decompress=False)
 
 
 async def _pool(items: list[Any], concurrency: int, work: Any) -> None:
@@ -78,10 +81,11 @@ async def get_verified(session: aiohttp.ClientSession, base: str, snapshot_id: s
 
 async def download_floor(base: str, region: str, snapshot_id: str,
                          tokens: list[tuple[int, str]], fd: int | None,
-                         concurrency: int = 32) -> None:
+                         concurrency: int = 32, ssl_context: ssl.SSLContext | None = None
+                         ) -> None:
     """GET each block, verify its SHA-256, pwrite it (if ``fd``)."""
     headers = static_auth(f"{base}/snapshots/{snapshot_id}/blocks/0", region)
-    async with _session(concurrency) as session:
+    async with _session(concurrency, ssl_context) as session:
         async def one(item: tuple[int, str]) -> None:
             data = await get_verified(session, base, snapshot_id, headers, *item)
             if fd is not None:
@@ -91,10 +95,11 @@ async def download_floor(base: str, region: str, snapshot_id: str,
 
 
 async def put_floor(base: str, region: str, snapshot_id: str, blocks: list[int],
-                    read: Any, concurrency: int = 32) -> None:
+                    read: Any, concurrency: int = 32,
+                    ssl_context: ssl.SSLContext | None = None) -> None:
     """For each block: ``read(index)`` (pread, or a GET), SHA-256, raw PUT."""
     headers = static_auth(f"{base}/snapshots/{snapshot_id}/blocks/0", region)
-    async with _session(concurrency) as session:
+    async with _session(concurrency, ssl_context) as session:
         async def one(index: int) -> None:
             data = await read(session, index)
             checksum = to_b64(hashlib.sha256(data).digest())
