@@ -1,0 +1,438 @@
+"""The live web view: ``/ui/`` on the control socket, and on ``daemon.http_listen`` if set.
+
+One page (plain HTML, CSS and a script drawing SVG, shipped in ``ui_static/``; no build step)
+reads ``/ui/api/state`` once, then follows ``/ui/api/events`` (Server-Sent Events). Those carry
+the daemon's own job events (the ones ``fspd watch`` streams) and what :class:`Recorder` makes
+of the progress events: a sample per job and second for the charts (the last hour, bounded),
+and host totals (throughput, requests/s against the quotas, memory budget in use).
+
+Over TCP the daemon cannot tell who is asking (no peer credentials), so that port is
+read-only: a request that is not GET/HEAD is refused (403) unless it carries
+``Authorization: Bearer TOKEN`` with the token the daemon writes to ``state_dir/ui-token``
+(mode 0600, new at every start). Only loopback addresses are accepted, and only requests whose
+Host header names a loopback host (a web page elsewhere cannot read it by DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from fspd.errors import BadInput
+from fspd.log import get_logger
+
+if TYPE_CHECKING:
+    from fspd.daemon.service import Service
+
+log = get_logger("fspd.daemon.ui")
+
+TOKEN_FILE = "ui-token"
+TOKEN_OK = "fspd_ui_token_ok"  # request key: the TCP request carried the right token
+SAMPLE_EVERY_S = 1.0  # one chart sample per job and second at most
+HISTORY_S = 3600.0  # charts show the last hour
+MAX_SAMPLES = int(HISTORY_S / SAMPLE_EVERY_S)
+MAX_SERIES = 32  # jobs with a chart history kept (running ones first)
+CLIENT_QUEUE = 512  # events buffered per page; a slow page loses the oldest
+STATIC = {"": ("index.html", "text/html"), "app.js": ("app.js", "text/javascript"),
+          "app.css": ("app.css", "text/css")}
+SAFE_METHODS = ("GET", "HEAD")
+LOOPBACK_NAMES = ("localhost",)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVICE_KEY: web.AppKey[Any] = web.AppKey("ui_service")
+RECORDER_KEY: web.AppKey[Recorder] = web.AppKey("ui_recorder")
+
+
+# --- settings ----------------------------------------------------------------------------
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) on a loopback address; ValueError otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (like 127.0.0.1:8485)")
+    host = host.removeprefix("[").removesuffix("]")
+    if host.lower() not in LOOPBACK_NAMES:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"{host!r} is not a loopback address: the web view has no login "
+                             "for reading, so it listens on 127.0.0.0/8, [::1] or localhost "
+                             "only; from another machine use ssh -L (see `fspd ui`)")
+    return host, int(port_text)
+
+
+def url_of(listen: str) -> str:
+    host, port = parse_listen(listen)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/ui/"
+
+
+def token_path(state_dir: Path | str) -> Path:
+    return Path(state_dir) / TOKEN_FILE
+
+
+def new_token(state_dir: Path | str) -> str:
+    """A fresh control token in ``state_dir/ui-token``, readable by the daemon's user only."""
+    path = token_path(state_dir)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.write(fd, token.encode() + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return token
+
+
+# --- describing jobs ---------------------------------------------------------------------
+
+def _where(spec: Any) -> str:
+    kind = getattr(spec, "type", "?")
+    if kind == "ebs":
+        base = getattr(spec, "base_snapshot_id", None)
+        snap = getattr(spec, "snapshot_id", None) or "new snapshot"
+        text = f"{base}..{snap}" if base else snap
+    elif kind == "ebs-chain":
+        ids = spec.snapshot_ids
+        text = f"{ids[0]}..{ids[-1]} ({len(ids)} snapshots)"
+    elif kind == "s3":
+        text = f"s3://{spec.bucket}/{spec.prefix}"
+    else:
+        text = str(getattr(spec, "path", kind))
+    region = getattr(spec, "region", None)
+    return f"{text} ({region})" if region and kind.startswith("ebs") else text
+
+
+def route(rec: Any) -> dict[str, Any]:
+    """Source and destinations of a job record, in words (plain strings: the page escapes)."""
+    spec = getattr(rec, "spec", None)
+    if spec is None:
+        return {"source": None, "destinations": []}
+    names = spec.destination_names()
+    return {"source": _where(spec.source),
+            "destinations": [f"{name}: {_where(d)}" if d.name else _where(d)
+                             for name, d in zip(names, spec.destinations, strict=False)]}
+
+
+# --- the recorder ------------------------------------------------------------------------
+
+class Recorder:
+    """Turns the daemon's progress events into chart samples and host totals, and fans them
+    out to the pages following ``/ui/api/events``. Everything it keeps is bounded."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.series: dict[str, deque[dict[str, Any]]] = {}
+        self.host: dict[str, Any] = {}
+        self.clients: set[asyncio.Queue[str]] = set()
+        self._last: dict[str, tuple[float, dict[str, int]]] = {}  # job: (t, stage done counts)
+        self._rps: dict[str, dict[str, float]] = {}  # job: requests/s by stream
+        self._task: asyncio.Task[None] | None = None
+
+    # lifecycle (aiohttp signals)
+    async def start(self, _app: web.Application) -> None:
+        self._task = asyncio.create_task(self._run(), name="ui recorder")
+
+    async def stop(self, _app: web.Application) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        sub = self.service.events.subscribe()
+        try:
+            next_host = 0.0
+            while True:
+                try:
+                    event = await asyncio.wait_for(sub.queue.get(), SAMPLE_EVERY_S)
+                except TimeoutError:
+                    event = {}
+                if event is None:  # the daemon is stopping
+                    return
+                if event:
+                    self._on_event(event)
+                if time.monotonic() >= next_host:
+                    next_host = time.monotonic() + SAMPLE_EVERY_S
+                    self.host = self._host_totals()
+                    self._send("host", self.host)
+        finally:
+            self.service.events.unsubscribe(sub)
+
+    def _send(self, kind: str, data: dict[str, Any]) -> None:
+        line = f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+        for queue in list(self.clients):
+            while True:
+                try:
+                    queue.put_nowait(line)
+                    break
+                except asyncio.QueueFull:
+                    queue.get_nowait()
+
+    def _record(self, name: str) -> Any:
+        return self.service.scheduler.jobs.get(name)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        name = event.get("job")
+        if not isinstance(name, str):
+            return
+        rec = self._record(name)
+        kind = event.get("event")
+        if kind == "progress":
+            self._send("progress", event)
+            self._sample(name, event, rec)
+        else:  # state changes (and the job's first appearance): with its route
+            self._send("job", {**event, "route": route(rec)})
+            if event.get("state") in ("completed", "failed", "cancelled"):
+                self._rps.pop(name, None)
+                self._last.pop(name, None)
+
+    def _sample(self, name: str, event: dict[str, Any], rec: Any) -> None:
+        series = self.series.get(name)
+        now = time.time()
+        if series and now - series[-1]["t"] < SAMPLE_EVERY_S:
+            return
+        progress = rec.progress.snapshot() if rec is not None else {}
+        stages = progress.get("stages", {})
+        retries = progress.get("retries", {})
+        throttled = int(retries.get("throttled", 0))
+        sample = {
+            "t": round(now, 2), "bytes": event.get("bytes_done", 0),
+            "bps": event.get("rate_recent_bps", 0), "throttled": throttled,
+            "retries": int(event.get("retries", 0)) - throttled,
+            "queues": {k: v.get("queue_depth", 0) for k, v in stages.items()},
+            "in_flight": {k: v.get("in_flight", 0) for k, v in stages.items()},
+        }
+        self._requests(name, rec, stages, now)
+        if series is None:
+            series = self.series[name] = deque(maxlen=MAX_SAMPLES)
+            self._forget_old_series()
+        series.append(sample)
+        self._send("sample", {"job": name, "sample": sample})
+
+    def _forget_old_series(self) -> None:
+        if len(self.series) <= MAX_SERIES:
+            return
+        running = {r.id for r in self.service.scheduler.running()}
+        for name in [n for n in self.series if n not in running]:
+            if len(self.series) <= MAX_SERIES:
+                return
+            del self.series[name]
+
+    def _requests(self, name: str, rec: Any, stages: dict[str, Any], now: float) -> None:
+        """Requests/s of the job's EBS streams, from its stages' block counts: a fetch from an
+        EBS source is one GetSnapshotBlock, a write to an EBS destination one Put."""
+        done = {k: int(v.get("done", 0)) for k, v in stages.items()}
+        last = self._last.get(name)
+        self._last[name] = (now, done)
+        if rec is None or last is None or now <= last[0]:
+            return
+        spec = rec.spec
+        dt = now - last[0]
+        streams: dict[str, float] = {}
+        if spec.source.type in ("ebs", "ebs-chain") and "fetch" in done:
+            streams["get"] = (done["fetch"] - last[1].get("fetch", 0)) / dt
+        for dest_name, dest in zip(spec.destination_names(), spec.destinations, strict=False):
+            key = f"write:{dest_name}"
+            if dest.type == "ebs" and key in done:
+                streams[f"put:{dest_name}"] = (done[key] - last[1].get(key, 0)) / dt
+        self._rps[name] = streams
+
+    def _host_totals(self) -> dict[str, Any]:
+        scheduler = self.service.scheduler
+        transfer = self.service.settings.transfer
+        running = {r.id for r in scheduler.running()}
+        rps = {k: v for k, v in self._rps.items() if k in running}
+        gets = [v for s in rps.values() for k, v in s.items() if k == "get"]
+        puts = [v for s in rps.values() for k, v in s.items() if k.startswith("put:")]
+        limits = getattr(scheduler, "limits", None)
+        memory = getattr(limits, "memory", None)
+        return {
+            "t": round(time.time(), 2),
+            "bps": sum(r.progress.rates()[1] for r in scheduler.running()
+                       if r.state != "paused"),
+            "get_rps": round(sum(gets), 1), "put_rps": round(sum(puts), 1),
+            "busiest_stream_rps": round(max([*gets, *puts], default=0.0), 1),
+            "per_snapshot_rps": transfer.per_snapshot_rps,
+            "per_account_rps": transfer.per_account_rps,
+            "memory_blocks": getattr(memory, "held", None),
+            "memory_budget_blocks": transfer.max_buffered_blocks,
+            "bandwidth_limit_bps": scheduler.bandwidth.rate,
+            "counts": dict(scheduler.counts()),
+        }
+
+
+# --- routes ------------------------------------------------------------------------------
+
+def _service(request: web.Request) -> Service:
+    return request.app[SERVICE_KEY]
+
+
+async def page(request: web.Request) -> web.Response:
+    name, content_type = STATIC[request.match_info.get("file", "")]
+    body = resources.files("fspd.daemon").joinpath("ui_static", name).read_bytes()
+    return web.Response(body=body, content_type=content_type, charset="utf-8", headers={
+        "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+        # The page loads nothing from elsewhere and runs no inline script.
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                   "frame-ancestors 'none'",
+        "Referrer-Policy": "no-referrer"})
+
+
+async def to_page(_request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui/")
+
+
+async def state(request: web.Request) -> web.Response:
+    service = _service(request)
+    recorder = request.app[RECORDER_KEY]
+    jobs = [{**r.summary(), "route": route(r)} for r in service.scheduler.jobs.values()]
+    body = {"jobs": jobs, "host": recorder.host or recorder._host_totals(),
+            "status": service.status(), "now": time.time()}
+    return web.json_response(body, dumps=lambda d: json.dumps(d, default=str))
+
+
+async def series(request: web.Request) -> web.Response:
+    recorder = request.app[RECORDER_KEY]
+    job = request.query.get("job", "")
+    samples = list(recorder.series.get(job, ()))
+    return web.json_response({"job": job, "samples": samples})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    recorder = request.app[RECORDER_KEY]
+    queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
+    recorder.clients.add(queue)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    try:
+        await resp.prepare(request)
+        await resp.write(b"retry: 2000\n\n")
+        while True:
+            await resp.write((await queue.get()).encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        recorder.clients.discard(queue)
+    return resp
+
+
+def _is_tcp(request: web.Request) -> bool:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and getattr(sock, "family", None) in (socket.AF_INET,
+                                                                  socket.AF_INET6)
+
+
+def _loopback_host(header: str | None) -> bool:
+    """The Host header names a loopback host (``127.0.0.1:8485``, ``[::1]:8485``, ...)."""
+    host = header or ""
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _forbidden(message: str, status: int = 403) -> web.Response:
+    return web.json_response({"error": "Forbidden", "message": message, "field": None},
+                             status=status)
+
+
+def make_guard(token: Callable[[], str | None], token_file: Path) -> Any:
+    """Middleware for requests that came over TCP: loopback Host only; read-only unless the
+    request carries the state dir's token."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not _is_tcp(request):
+            return await handler(request)
+        if not _loopback_host(request.headers.get("Host")):
+            return _forbidden("the web view answers to a loopback Host only "
+                              "(127.0.0.1, [::1] or localhost)", 421)
+        if request.method not in SAFE_METHODS:
+            expected = token()
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+                return _forbidden("read-only over TCP: control actions need "
+                                  f"'Authorization: Bearer TOKEN' with the token in "
+                                  f"{token_file}, or the control socket")
+            request[TOKEN_OK] = True
+        return await handler(request)
+
+    return guard
+
+
+class Tcp:
+    """The optional TCP listener and its token."""
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+
+
+TCP_KEY: web.AppKey[Tcp] = web.AppKey("ui_tcp")
+
+
+def install(app: web.Application, service: Service) -> None:
+    """Add the view's routes, the recorder and the TCP guard to the control app."""
+    recorder = Recorder(service)
+    tcp = Tcp()
+    app[SERVICE_KEY] = service
+    app[RECORDER_KEY] = recorder
+    app[TCP_KEY] = tcp
+    app.middlewares.insert(0, make_guard(lambda: tcp.token,
+                                         token_path(service.settings.daemon.state_dir)))
+    app.on_startup.append(recorder.start)
+    app.on_cleanup.append(recorder.stop)
+    app.router.add_get("/ui", to_page)
+    app.router.add_get("/ui/", page)
+    app.router.add_get("/ui/{file:app\\.(?:js|css)}", page)
+    app.router.add_get("/ui/api/state", state)
+    app.router.add_get("/ui/api/series", series)
+    app.router.add_get("/ui/api/events", events)
+
+
+def token_ok(request: web.Request) -> bool:
+    """The request came over TCP with the right token (checked by the guard)."""
+    return bool(request.get(TOKEN_OK))
+
+
+async def listen_tcp(service: Service, runner: web.AppRunner) -> None:
+    """Listen on ``daemon.http_listen`` too, if set; write a fresh token first."""
+    listen = service.settings.daemon.http_listen
+    if not listen:
+        return
+    host, port = parse_listen(listen)
+    state_dir = service.settings.daemon.state_dir
+    try:
+        runner.app[TCP_KEY].token = new_token(state_dir)
+    except OSError as exc:
+        raise BadInput(f"cannot write {token_path(state_dir)}: {exc.strerror}",
+                       field="daemon.state_dir") from None
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        raise BadInput(f"cannot listen on {listen}: {exc.strerror}",
+                       field="daemon.http_listen") from None
+    log.info("web_view_listening", url=url_of(listen), read_only=True,
+             control_key_file=str(token_path(state_dir)))
