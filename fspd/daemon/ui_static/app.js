@@ -103,7 +103,11 @@ function renderJobs() {
     if (job.job === selected) tr.classList.add("selected");
     tr.appendChild(el("td", job.job, "job-id"));
     tr.appendChild(el("td", job.state, `state state-${job.state}`));
-    tr.appendChild(el("td", routeText(job), "route"));
+    const where = el("td", routeText(job), "route");
+    if (["failed", "cancelled"].includes(job.state) && errorText(job)) {
+      where.appendChild(el("div", errorText(job), "error"));
+    }
+    tr.appendChild(where);
     const done = el("td");
     const pct = job.state === "completed" ? 100 : job.percent;
     done.appendChild(el("span", pct === null || pct === undefined ? bytes(job.bytes_done) : `${pct}%`));
@@ -207,7 +211,9 @@ function drawQueues(node) {
   const max = niceMax(Math.max(1, ...stages.map((s) => (last.queues[s] || 0) + (last.in_flight[s] || 0))));
   stages.forEach((stage, i) => {
     const yy = 4 + i * rowH, q = last.queues[stage] || 0, f = (last.in_flight[stage] || 0);
-    svg(node, "text", { x: 150, y: yy + rowH * 0.65, "text-anchor": "end" }, stage);
+    const label = svg(node, "text", { x: 150, y: yy + rowH * 0.65, "text-anchor": "end" },
+      stage.length > 26 ? `${stage.slice(0, 25)}…` : stage);
+    svg(label, "title", {}, stage);
     const w = (v) => 420 * v / max;
     svg(node, "rect", { x: 156, y: yy + 2, width: w(q), height: rowH - 5, class: "qbar" });
     svg(node, "rect", { x: 156 + w(q), y: yy + 2, width: w(f), height: rowH - 5, class: "fbar" });
