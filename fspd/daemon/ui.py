@@ -9,8 +9,8 @@ and host totals (throughput, requests/s against the quotas, memory budget in use
 Over TCP the daemon cannot tell who is asking (no peer credentials), so that port is
 read-only: a request that is not GET/HEAD is refused (403) unless it carries
 ``Authorization: Bearer TOKEN`` with the token the daemon writes to ``state_dir/ui-token``
-(mode 0600, new at every start). Only loopback addresses are accepted, and only requests whose
-Host header names a loopback host (a web page elsewhere cannot read it by DNS rebinding).
+(mode 0600, new at every start). Only loopback addresses are accepted; requests from browsers
+must name a loopback Host and come from the page's own origin (see :func:`make_guard`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SAMPLE_EVERY_S = 1.0  # one chart sample per job and second at most
 HISTORY_S = 3600.0  # charts show the last hour
 MAX_SAMPLES = int(HISTORY_S / SAMPLE_EVERY_S)
 MAX_SERIES = 32  # jobs with a chart history kept (running ones first)
+MAX_CLIENTS = 32  # pages following the event stream at once
 CLIENT_QUEUE = 512  # events buffered per page; a slow page loses the oldest
 STATIC = {"": ("index.html", "text/html"), "app.js": ("app.js", "text/javascript"),
           "app.css": ("app.css", "text/css")}
@@ -317,6 +318,9 @@ async def series(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     recorder = request.app[RECORDER_KEY]
+    if len(recorder.clients) >= MAX_CLIENTS:
+        return web.json_response({"error": "TooManyClients", "field": None, "message":
+                                  f"{MAX_CLIENTS} pages already follow the events"}, status=503)
     queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
     recorder.clients.add(queue)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -359,18 +363,31 @@ def _forbidden(message: str, status: int = 403) -> web.Response:
                              status=status)
 
 
+def _cross_origin(request: web.Request) -> bool:
+    """A browser sent this from a page of another origin (its Origin is not this Host)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    return origin.partition("://")[2].rstrip("/").lower() != request.headers.get(
+        "Host", "").lower()
+
+
 def make_guard(token: Callable[[], str | None], token_file: Path) -> Any:
-    """Middleware for requests that came over TCP: loopback Host only; read-only unless the
-    request carries the state dir's token."""
+    """Middleware. From a browser (it sends Origin or Sec-Fetch-Site; the CLI and curl do
+    not), on either transport: loopback Host only, so a page elsewhere cannot read through a
+    name rebound to 127.0.0.1 (or through an ``ssh -L`` port), and no request from a page of
+    another origin. Over TCP: read-only unless the request carries the state dir's token."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _is_tcp(request):
-            return await handler(request)
-        if not _loopback_host(request.headers.get("Host")):
+        tcp = _is_tcp(request)
+        browser = "Origin" in request.headers or "Sec-Fetch-Site" in request.headers
+        if (tcp or browser) and not _loopback_host(request.headers.get("Host")):
             return _forbidden("the web view answers to a loopback Host only "
                               "(127.0.0.1, [::1] or localhost)", 421)
-        if request.method not in SAFE_METHODS:
+        if _cross_origin(request):
+            return _forbidden("refused: a request from a page of another origin")
+        if tcp and request.method not in SAFE_METHODS:
             expected = token()
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             if not expected or not hmac.compare_digest(given.encode(), expected.encode()):

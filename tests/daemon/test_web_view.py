@@ -53,10 +53,11 @@ def _tcp(port: int, method: str, path: str, headers: dict[str, str] | None = Non
         return resp.status, raw
 
 
-def _unix(sock: str, path: str) -> tuple[int, str, str]:
+def _unix(sock: str, path: str, method: str = "GET", headers: dict[str, str] | None = None
+          ) -> tuple[int, str, str]:
     conn = _UnixHTTPConnection(sock)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.getheader("Content-Type") or "", resp.read().decode()
     finally:
@@ -106,6 +107,10 @@ def test_tcp_port_is_read_only_without_the_token_from_the_state_dir(
     token_file = d.root / "state" / "ui-token"
     assert token_file.stat().st_mode & 0o777 == 0o600
     auth = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+    status, _body = _tcp(port, "POST", f"/v1/jobs/{job}/pause",
+                         {**auth, "Origin": "http://attacker.example"})
+    assert status == 403  # not even with the token, from another site's page
+    assert _state(d, job) == "running"
     status, body = _tcp(port, "POST", f"/v1/jobs/{job}/pause", auth)
     assert status == 200 and body["state"] == "paused", body
     assert _state(d, job) == "paused"
@@ -141,6 +146,29 @@ def test_a_non_loopback_http_listen_is_refused_naming_the_field(
     assert "daemon.http_listen" in result.stderr and "loopback" in result.stderr
     assert "Traceback" not in result.stderr
     assert not Path(d.socket).exists()
+
+
+def test_browsers_on_the_socket_get_no_cross_site_or_rebound_requests_through(
+        ui_daemon: tuple[Daemon, int], emulator: EmulatorControl, tmp_path: Path) -> None:
+    """Through ``ssh -L PORT:SOCKET`` a browser reaches the socket as the SSH user: a page
+    elsewhere must not act (cross-site POST) or read (a name rebound to 127.0.0.1) there."""
+    d, _port = ui_daemon
+    emulator.faults(latency_ms=SLOW_LATENCY_MS, operations=["GetSnapshotBlock"])
+    job = d.submit(_slow_job(emulator, tmp_path, "slow.img"), "slow.toml")
+    wait_for(lambda: _state(d, job) == "running", what="the job to run")
+    status, _kind, _body = _unix(d.socket, f"/v1/jobs/{job}/cancel", "POST",
+                                 {"Origin": "http://attacker.example", "Host": "127.0.0.1:8485"})
+    assert status == 403
+    status, _kind, _body = _unix(d.socket, "/ui/api/state", "GET",
+                                 {"Host": "attacker.example:8485", "Sec-Fetch-Site": "none"})
+    assert status == 421
+    assert _state(d, job) == "running"
+    # The page's own requests, and the CLI's (no Origin, Host "fspd"), go through.
+    status, _kind, _body = _unix(d.socket, f"/v1/jobs/{job}/pause", "POST",
+                                 {"Origin": "http://127.0.0.1:8485", "Host": "127.0.0.1:8485",
+                                  "Sec-Fetch-Site": "same-origin"})
+    assert status == 200 and _state(d, job) == "paused"
+    assert d.cli("resume", job).returncode == 0 and _state(d, job) == "running"
 
 
 # --- in a real browser --------------------------------------------------------------------
