@@ -129,8 +129,7 @@ async def state(request: web.Request) -> web.Response:
 async def series(request: web.Request) -> web.Response:
     recorder = request.app[RECORDER_KEY]
     job = request.query.get("job", "")
-    samples = list(recorder.series.get(job, ()))
-    return web.json_response({"job": job, "samples": samples})
+    return web.json_response({"job": job, "samples": recorder.samples(job)})
 
 
 async def events(request: web.Request) -> web.StreamResponse:

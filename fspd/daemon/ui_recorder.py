@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 SAMPLE_EVERY_S = 1.0  # one chart sample per job and second at most
 HISTORY_S = 3600.0  # charts show the last hour
 MAX_SAMPLES = int(HISTORY_S / SAMPLE_EVERY_S)
-MAX_SERIES = 32  # jobs with a chart history kept (running ones first)
+MAX_SERIES = 16  # jobs with a chart history kept (running ones first)
+# A sample in the history: a tuple of these (~200 bytes; an hour of one job ~0.7 MiB, so the
+# whole history stays under ~12 MiB). Queue depths are kept for the latest sample only.
+FIELDS = ("t", "bytes", "bps", "throttled", "retries")
 
 
 # --- describing jobs ---------------------------------------------------------------------
@@ -60,7 +63,8 @@ class Recorder:
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.series: dict[str, deque[dict[str, Any]]] = {}
+        self.series: dict[str, deque[tuple[float, ...]]] = {}
+        self.latest: dict[str, dict[str, Any]] = {}  # job: its last sample, with queues
         self.host: dict[str, Any] = {}
         self.clients: set[asyncio.Queue[str]] = set()
         self._last: dict[str, tuple[float, dict[str, int]]] = {}  # job: (t, stage done counts)
@@ -128,7 +132,7 @@ class Recorder:
     def _sample(self, name: str, event: dict[str, Any], rec: Any) -> None:
         series = self.series.get(name)
         now = time.time()
-        if series and now - series[-1]["t"] < SAMPLE_EVERY_S:
+        if series and now - series[-1][0] < SAMPLE_EVERY_S:
             return
         progress = rec.progress.snapshot() if rec is not None else {}
         stages = progress.get("stages", {})
@@ -145,8 +149,16 @@ class Recorder:
         if series is None:
             series = self.series[name] = deque(maxlen=MAX_SAMPLES)
             self._forget_old_series()
-        series.append(sample)
+        series.append(tuple(sample[k] for k in FIELDS))
+        self.latest[name] = sample
         self._send("sample", {"job": name, "sample": sample})
+
+    def samples(self, name: str) -> list[dict[str, Any]]:
+        """The job's history, oldest first; the last sample with its queue depths."""
+        out = [dict(zip(FIELDS, values, strict=True)) for values in self.series.get(name, ())]
+        if out and name in self.latest:
+            out[-1] = self.latest[name]
+        return out
 
     def _forget_old_series(self) -> None:
         if len(self.series) <= MAX_SERIES:
@@ -156,6 +168,7 @@ class Recorder:
             if len(self.series) <= MAX_SERIES:
                 return
             del self.series[name]
+            self.latest.pop(name, None)
 
     def _requests(self, name: str, rec: Any, stages: dict[str, Any], now: float) -> None:
         """Requests/s of the job's EBS streams, from its stages' block counts: a fetch from an

@@ -170,6 +170,17 @@ def test_browsers_on_the_socket_get_no_cross_site_or_rebound_requests_through(
     assert status == 200 and _state(d, job) == "paused"
     assert d.cli("resume", job).returncode == 0 and _state(d, job) == "running"
 
+    # A page opened late still gets the job's history (kept in the daemon, bounded).
+    def history() -> list[dict[str, Any]]:
+        status, _kind, body = _unix(d.socket, f"/ui/api/series?job={job}")
+        assert status == 200
+        samples = json.loads(body)["samples"]
+        return samples if len(samples) >= 3 and samples[-1]["bytes"] > samples[0]["bytes"] else []
+
+    samples = wait_for(history, 60, "a history of samples with bytes moving")
+    assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
+    assert "fetch" in samples[-1]["queues"]  # the latest sample has the stages' queues
+
 
 # --- in a real browser --------------------------------------------------------------------
 
