@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from fspd.log import get_logger
+
 if TYPE_CHECKING:
     from fspd.daemon.service import Service
+
+log = get_logger("fspd.daemon.ui")
 
 SAMPLE_EVERY_S = 1.0  # one chart sample per job and second at most
 HISTORY_S = 3600.0  # charts show the last hour
@@ -92,16 +96,21 @@ class Recorder:
                     event = {}
                 if event is None:  # the daemon is stopping
                     return
-                if event:
-                    self._on_event(event)
-                if time.monotonic() >= next_host:
-                    next_host = time.monotonic() + SAMPLE_EVERY_S
-                    self.host = self.host_totals()
-                    self._send("host", self.host)
+                try:
+                    if event:
+                        self._on_event(event)
+                    if time.monotonic() >= next_host:
+                        next_host = time.monotonic() + SAMPLE_EVERY_S
+                        self.host = self.host_totals()
+                        self._send("host", self.host)
+                except Exception:  # the view must not stop on one odd event
+                    log.exception("ui_recorder_failed", event=event.get("event"))
         finally:
             self.service.events.unsubscribe(sub)
 
     def _send(self, kind: str, data: dict[str, Any]) -> None:
+        if not self.clients:
+            return
         line = f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
         for queue in list(self.clients):
             while True:
