@@ -113,6 +113,18 @@ class DaemonSettings(_Section):
     event_interval_s: float = Field(0.5, ge=0.05, le=60)  # (reload) progress event period
     history: int = Field(1000, ge=0, le=100_000)  # (reload) finished jobs kept in memory
     watchdog: bool = True  # send WATCHDOG=1 when systemd sets WATCHDOG_USEC
+    # The web view (/ui/) on a loopback TCP port too, read-only without the token in
+    # state_dir (see fspd/daemon/ui.py); None = only on the control socket. Restart to change.
+    http_listen: str | None = None
+
+    @field_validator("http_listen")
+    @classmethod
+    def _loopback(cls, value: str | None) -> str | None:
+        from fspd.daemon.ui import parse_listen
+
+        if value is not None:
+            parse_listen(value)
+        return value
 
 
 class Settings(_Section):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from fspd.daemon import metrics
+from fspd.daemon import metrics, ui
 from fspd.daemon.access import Peer, peer_of
 from fspd.errors import BadInput
 from fspd.log import get_logger
@@ -78,6 +78,8 @@ def _require_control(request: web.Request) -> str:
     """The peer's name for the log; raises 403 unless it may control the daemon."""
     service = _service(request)
     peer = _peer(request)
+    if peer is None and ui.token_ok(request):  # over TCP, with the state dir's token
+        return "the holder of the web view's token"
     if peer is None:  # not a Unix socket peer we can identify: refuse control
         raise ApiError(403, "Forbidden", "control needs a Unix-socket peer with credentials")
     if not service.policy.may_control(peer):
@@ -235,6 +237,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_put(f"{API}/bandwidth", put_bandwidth)
     app.router.add_get(f"{API}/events", events)
     app.router.add_get("/metrics", get_metrics)
+    ui.install(app, service)
     return app
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from fspd import __version__, config, log
 from fspd.config import Settings
-from fspd.daemon import control
+from fspd.daemon import control, ui
 from fspd.daemon.access import Policy, group_id
 from fspd.daemon.events import EventHub
 from fspd.daemon.scheduler import Scheduler
@@ -29,7 +29,7 @@ from fspd.errors import BadInput
 logger = log.get_logger("fspd.daemon")
 
 # Daemon settings that a SIGHUP cannot change: they need a restart.
-FIXED_KEYS = ("spool_dir", "state_dir", "socket_path", "socket_group")
+FIXED_KEYS = ("spool_dir", "state_dir", "socket_path", "socket_group", "http_listen")
 TMP_CLEAN_INTERVAL_S = 3600.0
 
 
@@ -116,6 +116,8 @@ class Service:
         loop = asyncio.get_running_loop()
         self._prepare_dirs()
         await self._listen()
+        assert self._runner is not None
+        await ui.listen_tcp(self, self._runner)  # after the socket: a second daemon stops there
         self.watcher.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
