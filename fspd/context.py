@@ -99,14 +99,14 @@ async def job_context(job_id: str, settings: Settings, *, progress: Progress | N
                       name: str | None = None) -> AsyncIterator[JobContext]:
     """A job's context for the duration of the block: its thread pool, AWS clients and (when
     no ``state_dir`` is given, so nothing is resumed) a scratch directory, all released on
-    the way out whatever happened. ``name`` names the threads and the scratch directory."""
-    name = name or job_id
+    the way out whatever happened. ``name`` names the threads (else the job id) and the
+    scratch directory."""
     executor = ThreadPoolExecutor(settings.transfer.worker_threads,
-                                  thread_name_prefix=f"fspd-{name}")
+                                  thread_name_prefix=f"fspd-{name or job_id}")
     scratch: tempfile.TemporaryDirectory[str] | None = None
     try:
         if state_dir is None:
-            scratch = tempfile.TemporaryDirectory(prefix=f"fspd-{name}-")
+            scratch = tempfile.TemporaryDirectory(prefix=f"fspd-{name}-" if name else "fspd-")
             state_dir = Path(scratch.name)
         async with AwsClients(settings) as clients:
             ctx = JobContext(job_id, settings, clients, progress or Progress(job_id=job_id),

@@ -147,5 +147,5 @@ async def run_verify(settings: Settings, target: AwsTarget, loc: S3Location,
                      fmt: str = "fspd", *, dry_run: bool = False) -> dict[str, Any]:
     """Verify outside a job, in a context of its own (clients, thread pool, scratch
     directory)."""
-    async with job_context(f"verify-{uuid.uuid4().hex[:8]}", settings) as ctx:
+    async with job_context(f"verify-{uuid.uuid4().hex[:8]}", settings, name="verify") as ctx:
         return await verify_archive(ctx, target, loc, fmt, dry_run=dry_run)
