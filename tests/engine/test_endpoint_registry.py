@@ -4,6 +4,8 @@ is served once."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -41,3 +43,18 @@ def test_type_names_come_from_the_spec_classes() -> None:
     assert jobs.TYPE_NAMES == ("ebs", "ebs-chain", "file", "s3")
     with pytest.raises(BadInput, match="'type' must be one of: ebs, ebs-chain, file, s3"):
         jobs.validate({"source": {"type": "azure-blob"}})
+
+
+def _calls(module: str, names: set[str]) -> list[ast.Call]:
+    tree = ast.parse((Path(__file__).resolve().parents[2] / module).read_text())
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name) and node.func.id in names]
+
+
+def test_run_dispatches_on_no_spec_type_and_the_pipeline_probes_no_endpoint() -> None:
+    """run.py asks the registry (no isinstance on a *Spec class); pipeline.py looks
+    capabilities up once (no hasattr/getattr on a source or sink)."""
+    on_specs = [ast.unparse(c) for c in _calls("fspd/run.py", {"isinstance"})
+                if "Spec" in ast.unparse(c.args[1])]
+    assert on_specs == []
+    assert [ast.unparse(c) for c in _calls("fspd/pipeline.py", {"hasattr", "getattr"})] == []
