@@ -206,15 +206,15 @@ async def check_regions(ctx: JobContext, spec: JobSpec) -> None:
     (no request is sent otherwise), and every region it names is enabled for its account
     (one DescribeRegions per account and endpoint)."""
     targets: list[tuple[str, AwsEndpointSpec, AwsTarget]] = []
-    ends = registry.aws_ends(spec)
-    for field, end in ends:
+    for field, end in registry.aws_ends(spec):
         try:
             target = target_for(end)
             await ctx.clients.credentials(target)
         except BadInput as exc:
             raise _named_by_end(exc, field) from None
         targets.append((field, end, target))
-    # S3 archive endpoints are S3 only (maybe an S3-compatible store): no EC2 to ask.
+    # S3 archive endpoints are S3 only (maybe an S3-compatible store): no EC2 to ask
+    # (their spec class says so: regions_from_ec2).
     known: dict[tuple[Any, ...], set[str]] = {}
     for field, end, target in targets:
         if not end.regions_from_ec2:
