@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -194,7 +192,11 @@ class SinkEnd:
     async def read(self, result: dict[str, Any], length: int) -> bytes:
         raise NotImplementedError
 
+    def prepare_to_fail(self) -> None:
+        """Called before ``dest``, in the failing-write test only."""
+
     def break_writes(self) -> None:
+        """Called once the sink is open, before its first write."""
         raise NotImplementedError
 
 
@@ -212,16 +214,28 @@ class FileEnd(SinkEnd):
         with open(self.path, "rb") as f:
             return f.read(length)
 
-    def break_writes(self) -> None:
-        """Past RLIMIT_FSIZE a write fails with EFBIG (SIGXFSZ ignored), as on a full disk."""
-        old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, old_limit[1]))
+    def prepare_to_fail(self) -> None:
+        """The target goes on a filesystem of its own, small enough to fill."""
+        small = self.env.tmp_path / "small-fs"
+        small.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
+                                 capture_output=True, text=True, check=False)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a small filesystem to fill: {mounted.stderr.strip()}")
+        self.env.cleanups.append(lambda: subprocess.run(["umount", "-l", str(small)],
+                                                        check=False))
+        self.path = small / "out.img"
 
-        def restore() -> None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-            signal.signal(signal.SIGXFSZ, old_handler)
-        self.env.cleanups.append(restore)
+    def break_writes(self) -> None:
+        """The disk fills up (another writer): every later write fails with ENOSPC."""
+        fd = os.open(self.path.parent / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, bytes(1 << 16)):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class DeviceEnd(FileEnd):
@@ -231,6 +245,9 @@ class DeviceEnd(FileEnd):
         super().__init__(env)
         self.device = env.loop_device(b"\xee" * B, 1 << 30)  # a used disk of 1 GiB
         self.path = Path(self.device)
+
+    def prepare_to_fail(self) -> None:
+        pass
 
     def break_writes(self) -> None:
         """A device made read-only refuses writes through descriptors already open."""

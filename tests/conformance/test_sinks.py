@@ -63,6 +63,7 @@ async def test_survives_a_cancellation_mid_stream(sink: str, env: Env) -> None:
 async def test_a_failing_write_fails_the_job(sink: str, env: Env) -> None:
     path, _ = harness.image(env.tmp_path, "full")
     end = SINK_ENDS[sink](env)
+    end.prepare_to_fail()
     gate = harness.Gate(on_first=end.break_writes)
     with pytest.raises(FspdError):
         await harness.transfer(file_job(path), end.dest(), env.settings(), gate=gate)
