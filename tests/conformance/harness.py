@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,6 @@ class Outcome:
     fetches: int
     source_closed: bool
     info: VolumeInfo | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 async def transfer(job: JobSpec, dest: Any, conf: Settings, *, state_dir: Path | None = None,
