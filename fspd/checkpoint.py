@@ -55,9 +55,22 @@ def decode_bitmap(text: str, size: int) -> Bitmap:
     return Bitmap(size, raw)
 
 
-# Per destination type: the keys whose values are bitmaps, and the keys that must be strings.
-_BITMAPS = {"file": ("bitmap",), "ebs": ("written", "handled"), "s3": ()}
-_STRINGS = {"file": (), "ebs": ("snapshot_id", "client_token"), "s3": ("url",)}
+@dataclass(frozen=True)
+class JournalShape:
+    """What a destination type's journal entry must hold to be handed to its sink: the keys
+    whose values are bitmaps, and the keys that must be strings."""
+
+    bitmaps: tuple[str, ...] = ()
+    strings: tuple[str, ...] = ()
+
+
+# Per destination type (``type`` in the entry); another sink adds its own when it registers
+# (``registry.sink(..., journal=JournalShape(...))``).
+JOURNALS: dict[str, JournalShape] = {
+    "file": JournalShape(bitmaps=("bitmap",)),
+    "ebs": JournalShape(bitmaps=("written", "handled"), strings=("snapshot_id", "client_token")),
+    "s3": JournalShape(strings=("url",)),
+}
 
 
 def sink_problem(state: Any) -> str | None:
@@ -66,12 +79,13 @@ def sink_problem(state: Any) -> str | None:
     if not isinstance(state, dict):
         return f"its entry is a {type(state).__name__}, not an object"
     kind = state.get("type")
-    if kind not in _BITMAPS:
+    shape = JOURNALS.get(kind) if isinstance(kind, str) else None
+    if shape is None:
         return f"unknown destination type {kind!r}"
-    for key in _STRINGS[kind]:
+    for key in shape.strings:
         if not isinstance(state.get(key), str):
             return f"{key!r} is not a string"
-    for key in _BITMAPS[kind]:
+    for key in shape.bitmaps:
         try:
             _bitmap_bytes(state.get(key))
         except ValueError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +36,8 @@ SNAPSHOT_OPTIONS = ("parent_snapshot_id", "description", "tags", "encrypted", "k
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # A source whose reads are EBS Direct requests (priced in a dry run's plan).
+    reads_ebs_direct: ClassVar[bool] = False
 
 
 SnapshotId = Annotated[str, Field(pattern=SNAPSHOT_ID_RE)]
@@ -47,9 +49,13 @@ class AwsEndpointSpec(_Strict):
     endpoint_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
     role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] | None = None
     external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = None
+    # Its region is checked with EC2's DescribeRegions before the job starts (S3 has no EC2
+    # to ask: an S3-compatible store, say).
+    regions_from_ec2: ClassVar[bool] = True
 
 
 class EbsSourceSpec(AwsEndpointSpec):
+    reads_ebs_direct: ClassVar[bool] = True
     type: Literal["ebs"]
     snapshot_id: SnapshotId
     # With a base, the source is the blocks changed from base_snapshot_id to snapshot_id.
@@ -139,6 +145,7 @@ S3Prefix = Annotated[str, AfterValidator(_s3_prefix)]
 class S3SourceSpec(AwsEndpointSpec):
     """An archive in S3 (getfroms3): fspd's format, or the key layout FSP wrote."""
 
+    regions_from_ec2: ClassVar[bool] = False
     type: Literal["s3"]
     bucket: S3Bucket
     prefix: S3Prefix
@@ -150,6 +157,7 @@ class S3SourceSpec(AwsEndpointSpec):
 class S3DestinationSpec(AwsEndpointSpec):
     """A new archive in S3 (movetos3); see docs/archive-format.md."""
 
+    regions_from_ec2: ClassVar[bool] = False
     type: Literal["s3"]
     name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     bucket: S3Bucket
@@ -187,10 +195,21 @@ class S3DestinationSpec(AwsEndpointSpec):
         return self
 
 
-Source = Annotated[EbsSourceSpec | EbsChainSourceSpec | FileSourceSpec | S3SourceSpec,
-                  Field(discriminator="type")]
-Destination = Annotated[EbsDestinationSpec | FileDestinationSpec | S3DestinationSpec,
-                        Field(discriminator="type")]
+SOURCE_SPECS = (EbsSourceSpec, EbsChainSourceSpec, FileSourceSpec, S3SourceSpec)
+DESTINATION_SPECS = (EbsDestinationSpec, FileDestinationSpec, S3DestinationSpec)
+Source = Annotated[Union[SOURCE_SPECS], Field(discriminator="type")]  # noqa: UP007
+Destination = Annotated[Union[DESTINATION_SPECS], Field(discriminator="type")]  # noqa: UP007
+
+
+def type_name(spec_class: type) -> str:
+    """A spec class's ``type`` as written in job files (its ``Literal``); the class name for
+    a class without one."""
+    annotation = getattr(spec_class, "model_fields", {}).get("type")
+    args = get_args(annotation.annotation) if annotation is not None else ()
+    return str(args[0]) if args else spec_class.__name__
+
+
+TYPE_NAMES = tuple(sorted({type_name(c) for c in SOURCE_SPECS + DESTINATION_SPECS}))
 
 
 class JobSpec(_Strict):
@@ -294,7 +313,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for p in loc:
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif p in ("ebs", "ebs-chain", "file", "s3") and parts:  # discriminator tag, not a field
+        elif p in TYPE_NAMES and parts:  # discriminator tag, not a field
             continue
         else:
             parts.append(str(p))
@@ -313,7 +332,7 @@ def describe_validation_error(err: ValidationError) -> BadInput:
     elif kind == "missing":
         msg = "required field is missing"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        msg = "'type' must be one of: ebs, ebs-chain, file, s3"
+        msg = f"'type' must be one of: {', '.join(TYPE_NAMES)}"
     elif kind == "string_pattern_mismatch" and field.endswith("snapshot_id"):
         msg = f"{first.get('input')!r} is not a snapshot id (snap-, then 8 or 17 hex digits)"
     elif kind == "string_pattern_mismatch" and field.endswith("region"):

@@ -9,94 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from fspd.blocks import BLOCK_SIZE, Block, BlockRef, Kind
 from fspd.budget import BlockBudget, JobControl, Reservation
 from fspd.checkpoint import Checkpoint
+from fspd.endpoint import Gap, Sink, SinkCapabilities, Source, SourceCapabilities, VolumeInfo
 from fspd.errors import FspdError, TransferFailed
 from fspd.log import get_logger
 from fspd.progress import Progress
 
 log = get_logger("fspd.pipeline")
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Blocks ``[start, stop)`` that the source does not have: they read as zeros."""
-
-    start: int
-    stop: int
-
-
-@dataclass
-class VolumeInfo:
-    """What a source knows about the volume it serves."""
-
-    volume_size: int  # bytes, a multiple of 1 GiB for EBS
-    byte_length: int | None = None  # the original length, when not a whole number of GiB
-    encrypted: bool = False
-    kms_key_arn: str | None = None
-    description: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    origin: str = ""  # "snap-… in us-east-1", "/path/to/file"
-    # The source's entries cover blocks [0, covered_blocks) (None: the whole volume); past
-    # that it reads zeros without saying so (a file ends before its GiB-rounded volume).
-    covered_blocks: int | None = None
-
-    @property
-    def block_count(self) -> int:
-        return -(-self.volume_size // BLOCK_SIZE)
-
-
-class Source(Protocol):
-    async def open(self) -> VolumeInfo: ...
-
-    def entries(self) -> AsyncIterator[BlockRef | Gap]:
-        """Block refs (ascending) and gaps covering the volume, for this job's semantics."""
-        ...
-
-    async def fetch(self, ref: BlockRef) -> Block:
-        """Read and verify one block (retrying as the retry policy says)."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class Sink(Protocol):
-    name: str
-    concurrency: int
-
-    async def open(self, info: VolumeInfo) -> None: ...
-
-    async def write(self, block: Block) -> bool:
-        """Write one block; return False when it was skipped (a safely skippable zero)."""
-        ...
-
-    async def gap(self, gap: Gap) -> None: ...
-
-    async def commit(self) -> dict[str, Any]: ...
-
-    async def abort(self, error: BaseException) -> dict[str, Any]: ...
-
-    # Optional: ``def listed(self, entry: BlockRef | Gap) -> None`` is called in listing order
-    # for every entry before its block is fetched, and ``def listing_done(self) -> None`` once
-    # the listing ends. Sinks that group blocks (S3 segments) use them to know what to expect.
-    #
-    # Optional, for resuming: ``def has(self, index: int) -> bool`` says a block is already
-    # there (from an interrupted earlier run), and ``async def checkpoint_state(self) -> dict``
-    # makes what was written durable and returns the state to journal. A block every sink
-    # ``has`` is not fetched again.
-    #
-    # Optional, for sinks that keep blocks after ``write`` returns (S3 windows): the memory
-    # budget is reserved by whole windows, see :meth:`Pipeline._reserve`.
-    # ``async def window_needs(self, index) -> int``: units the block's window still needs
-    # (0 when reserved already); may wait for the sink's own windows-in-flight limit.
-    # ``def window_reserved(self, index, reservation)``, ``def reservation(self, index)``,
-    # ``async def flush_ready(self)`` (pack windows that have all their blocks) and
-    # ``def release_budget(self)`` (return every reservation; idempotent).
 
 
 _STOP = object()
@@ -122,6 +47,10 @@ class SinkState:
     queue: asyncio.Queue[Any]
     policy: str = "fail"  # "fail": the job fails with it; "drop": carry on without it
     error: BaseException | None = None
+    caps: SinkCapabilities = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.caps = SinkCapabilities.of(self.sink)  # looked up once, not per block
 
 
 class Pipeline:
@@ -134,11 +63,12 @@ class Pipeline:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
         self.source = source
+        self._skips = SourceCapabilities.of(source).skips
         self.progress = progress
         self.fetch_concurrency = fetch_concurrency
         self.control = control or JobControl()
         self.checkpoint = checkpoint
-        self._has: list[Any] = []
+        self._has: list[Callable[[int], bool]] = []
         self._unopened: set[int] = set()  # dropped before they were opened: no checkpoint
         # Blocks in memory are bounded across all jobs of the process by ``memory``; the
         # permits this pipeline holds are counted so that none leaks when it is cancelled.
@@ -178,21 +108,20 @@ class Pipeline:
                     await self._abort(st, error)
             raise
         self._unopened = {id(st) for st in self.sinks if st not in opened}
-        has = [getattr(st.sink, "has", None) for st in opened]
-        self._has = [h for h in has if h is not None] if all(has) else []
-        if all(getattr(st.sink, "already_complete", False) for st in self.sinks):
+        has = [st.caps.resumable for st in opened]
+        self._has = [r.has for r in has if r is not None] if all(has) else []
+        if all(st.caps.already_complete for st in self.sinks):
             return [await st.sink.commit() for st in self.sinks]
         resumable = self.checkpoint is not None and all(
-            hasattr(st.sink, "checkpoint_state") for st in self.sinks)
+            st.caps.resumable is not None for st in self.sinks)
         try:
             return await self._run(resumable)
         finally:
             while self._held:
                 self._release()
             for st in self.sinks:  # window reservations, whatever state the job ended in
-                release = getattr(st.sink, "release_budget", None)
-                if release is not None:
-                    release()
+                if st.caps.budget is not None:
+                    st.caps.budget.release_budget()
 
     def _drop(self, st: SinkState, exc: BaseException) -> None:
         """Carry on without ``st`` (its policy is "drop"); the result and progress say so."""
@@ -200,9 +129,8 @@ class Pipeline:
         self.progress.error(f"{st.sink.name}: {exc}")
         self.progress.destinations.setdefault(st.sink.name, {})["state"] = "dropped"
         log.warning("destination_dropped", destination=st.sink.name, error=str(exc))
-        release = getattr(st.sink, "release_budget", None)
-        if release is not None:  # its windows will never complete
-            release()
+        if st.caps.budget is not None:  # its windows will never complete
+            st.caps.budget.release_budget()
 
     def _release(self) -> None:
         if self._memory is not None and self._held:
@@ -278,8 +206,9 @@ class Pipeline:
         if not resumable or self.checkpoint is None:
             return
         try:
-            states = {st.sink.name: await st.sink.checkpoint_state()  # type: ignore[attr-defined]
-                      for st in self.sinks if id(st) not in self._unopened}
+            states = {st.sink.name: await st.caps.resumable.checkpoint_state()
+                      for st in self.sinks
+                      if id(st) not in self._unopened and st.caps.resumable is not None}
             await asyncio.to_thread(self.checkpoint.save, states)
         except (OSError, FspdError) as exc:  # the transfer goes on; the next save may work
             log.warning("checkpoint_failed", error=str(exc))
@@ -309,7 +238,7 @@ class Pipeline:
 
     async def _list(self) -> None:
         listed = 0
-        watchers = [st.sink.listed for st in self.sinks if hasattr(st.sink, "listed")]
+        watchers = [st.caps.listing.listed for st in self.sinks if st.caps.listing is not None]
         async for entry in self.source.entries():
             for watch in watchers:
                 watch(entry)
@@ -320,6 +249,8 @@ class Pipeline:
             listed += 1
             self.progress.blocks_listed = listed
             if self._already_done(entry.index):
+                if self._skips is not None:
+                    self._skips.skipped(entry)
                 self.progress.blocks_resumed += 1
                 self.progress.block_done(skipped=True)
                 continue
@@ -329,8 +260,8 @@ class Pipeline:
                 await self._fetch_q.put((entry, await self._reserve(entry)))
         self.progress.blocks_total = listed
         for st in self.sinks:
-            if hasattr(st.sink, "listing_done"):
-                st.sink.listing_done()
+            if st.caps.listing is not None:
+                st.caps.listing.listing_done()
         for _ in range(self.fetch_concurrency):
             await self._fetch_q.put(_STOP)
 
@@ -347,23 +278,21 @@ class Pipeline:
         waits, since no writer may come to do it while the listing is stalled."""
         if not isinstance(self._memory, BlockBudget):
             return ()
-        keepers = [st.sink for st in self.sinks
-                   if st.error is None and hasattr(st.sink, "window_needs")]
+        keepers = [st.caps.windows for st in self.sinks
+                   if st.error is None and st.caps.windows is not None]
         if not keepers:
             return ()
         asks = [(sink, units) for sink in keepers
-                if (units := await sink.window_needs(ref.index))]  # type: ignore[attr-defined]
+                if (units := await sink.window_needs(ref.index))]
         if asks:
             total = sum(units for _, units in asks)
             if not self._memory.try_take(total):
                 for sink in keepers:
-                    await sink.flush_ready()  # type: ignore[attr-defined]
+                    await sink.flush_ready()
                 await self._memory.take(total)
             for sink, units in asks:
-                sink.window_reserved(  # type: ignore[attr-defined]
-                    ref.index, Reservation(self._memory, units))
-        tokens = tuple(t for sink in keepers
-                       if (t := sink.reservation(ref.index)) is not None)  # type: ignore[attr-defined]
+                sink.window_reserved(ref.index, Reservation(self._memory, units))
+        tokens = tuple(t for sink in keepers if (t := sink.reservation(ref.index)) is not None)
         for token in tokens:
             token.retain()
         return tokens

@@ -20,7 +20,7 @@ from fspd.archive.manifest import ManifestError, ManifestFile, Record, Segment, 
 from fspd.archive.segments import SegmentMissing, unpack
 from fspd.archive.store import ObjectStore, S3Location
 from fspd.blocks import Block, Kind
-from fspd.endpoints.context import JobContext
+from fspd.context import JobContext
 
 MAX_CHAIN = 1000
 

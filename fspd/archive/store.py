@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from fspd.archive.segments import SegmentMissing
 from fspd.aws import AwsTarget, call
-from fspd.endpoints.context import JobContext
+from fspd.context import JobContext
 from fspd.errors import BadInput, FspdError, PermissionProblem, TransferFailed
 from fspd.retry import ApiError, Retrier, Unreachable
 
@@ -136,8 +136,9 @@ class ObjectStore:
     async def client(self) -> Any:
         return await self.ctx.clients.client("s3", self.target)
 
-    def _retrier(self) -> Retrier:
-        return self.ctx.retrier()  # botocore makes one attempt per call: this is the only layer
+    def retrier(self) -> Retrier:
+        """The retry layer of this store's requests (botocore makes one attempt per call)."""
+        return self.ctx.retrier()
 
     def _error(self, exc: ApiError, rel: str) -> FspdError:
         url = self.loc.url(rel)
@@ -166,7 +167,7 @@ class ObjectStore:
                                                      "InternalError"):
                     raise
                 raise self._error(exc, rel) from None
-        return await self._retrier().run(attempt)
+        return await self.retrier().run(attempt)
 
     async def head(self, rel: str) -> dict[str, Any] | None:
         s3 = await self.client()

@@ -8,21 +8,17 @@ every block). Problems are collected rather than stopping at the first, so one r
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from fspd.archive.fsp_import import incomplete_message, index_segments, parse_dir
 from fspd.archive.manifest import ManifestError, Segment
 from fspd.archive.reader import Level, Piece, load_piece, open_chain
 from fspd.archive.store import ObjectStore, S3Location
-from fspd.aws import AwsClients, AwsTarget
+from fspd.aws import AwsTarget
 from fspd.config import Settings
-from fspd.endpoints.context import JobContext
+from fspd.context import JobContext, job_context
 from fspd.errors import FspdError, TransferFailed
-from fspd.progress import Progress
 
 MAX_LISTED_PROBLEMS = 50
 
@@ -149,17 +145,7 @@ async def _verify_fsp(checker: _Checker, store: ObjectStore, report: dict[str, A
 
 async def run_verify(settings: Settings, target: AwsTarget, loc: S3Location,
                      fmt: str = "fspd", *, dry_run: bool = False) -> dict[str, Any]:
-    """Verify outside a job: builds the context (clients, thread pool, scratch directory)."""
-    executor = ThreadPoolExecutor(settings.transfer.worker_threads,
-                                  thread_name_prefix="fspd-verify")
-    try:
-        with tempfile.TemporaryDirectory(prefix="fspd-verify-") as tmp:
-            async with AwsClients(settings) as clients:
-                ctx = JobContext(f"verify-{uuid.uuid4().hex[:8]}", settings, clients,
-                                 Progress(), executor, Path(tmp))
-                try:
-                    return await verify_archive(ctx, target, loc, fmt, dry_run=dry_run)
-                finally:
-                    await ctx.close()
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    """Verify outside a job, in a context of its own (clients, thread pool, scratch
+    directory)."""
+    async with job_context(f"verify-{uuid.uuid4().hex[:8]}", settings, name="verify") as ctx:
+        return await verify_archive(ctx, target, loc, fmt, dry_run=dry_run)

@@ -4,6 +4,7 @@ snapshots as a source, and a new snapshot as a sink."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,12 +24,14 @@ from fspd.blocks import (
     gib_for_bytes,
     is_zero,
 )
-from fspd.checkpoint import decode_bitmap, digests_problem, encode_bitmap
-from fspd.endpoints.context import JobContext
+from fspd.checkpoint import decode_bitmap, digests_problem, encode_bitmap, spec_digest
+from fspd.context import JobContext
+from fspd.endpoint import Gap, VolumeInfo
+from fspd.endpoints import registry
 from fspd.errors import BadInput, TransferFailed
+from fspd.jobs import EbsDestinationSpec, EbsSourceSpec, JobSpec
 from fspd.log import get_logger
-from fspd.pipeline import Gap, VolumeInfo
-from fspd.retry import CorruptBlock, Retrier
+from fspd.retry import ApiError, CorruptBlock, Retrier
 
 log = get_logger("fspd.ebs")
 
@@ -40,14 +43,16 @@ SOURCE_REGION_TAG = "fspd:source-region"
 async def describe_snapshot(ctx: JobContext, target: AwsTarget, snapshot_id: str,
                             field: str) -> dict[str, Any]:
     ec2 = await ctx.clients.client("ec2", target)
-    try:
-        resp = await _control(ctx).run(
-            lambda: call(ec2, "DescribeSnapshots", SnapshotIds=[snapshot_id]))
-    except TransferFailed as exc:
-        if "InvalidSnapshot.NotFound" in str(exc):
-            raise BadInput(f"snapshot {snapshot_id} does not exist in {target.region}",
-                           field=field) from None
-        raise
+
+    async def describe() -> dict[str, Any]:
+        try:
+            return await call(ec2, "DescribeSnapshots", SnapshotIds=[snapshot_id])
+        except ApiError as exc:
+            if exc.code == "InvalidSnapshot.NotFound":  # permanent: not retried
+                raise BadInput(f"snapshot {snapshot_id} does not exist in {target.region}",
+                               field=field) from None
+            raise
+    resp = await _control(ctx).run(describe)
     snaps = resp.get("Snapshots", [])
     if not snaps:
         raise BadInput(f"snapshot {snapshot_id} does not exist in {target.region}", field=field)
@@ -75,6 +80,11 @@ def _info_from(snap: dict[str, Any], target: AwsTarget) -> VolumeInfo:
         description=snap.get("Description"), tags=tags,
         origin=f"{snap['SnapshotId']} in {target.region}",
     )
+
+
+class _PageTokenExpired(TransferFailed):
+    """A listing's page token expired: the walk restarts from the next unseen index (a
+    ``TransferFailed``, so the retry layer passes it on at once)."""
 
 
 class _EbsReader:
@@ -138,6 +148,15 @@ class EbsSnapshotSource(_EbsReader):
         await self._open_reader(self.snapshot_id)
         return self.info
 
+    async def _page(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await call(self._ebs, op, **req)
+        except ApiError as exc:
+            if "NextToken" in req and exc.code == "ValidationException" \
+                    and exc.reason == "INVALID_PAGE_TOKEN":
+                raise _PageTokenExpired(str(exc)) from None
+            raise
+
     async def _pages(self, op: str, start: int = 0, **params: Any
                      ) -> AsyncIterator[dict[str, Any]]:
         """Walk a paged listing. Pages may be empty and still carry a token; an expired page
@@ -153,12 +172,10 @@ class EbsSnapshotSource(_EbsReader):
             else:
                 req["StartingBlockIndex"] = next_index
             try:
-                page = await retrier.run(lambda req=req: call(self._ebs, op, **req))
-            except TransferFailed as exc:
-                if token and "INVALID_PAGE_TOKEN" in str(exc):
-                    token = None
-                    continue
-                raise
+                page = await retrier.run(lambda req=req: self._page(op, req))
+            except _PageTokenExpired:
+                token = None
+                continue
             yield page
             items = page.get("Blocks") or page.get("ChangedBlocks") or []
             if items:
@@ -554,3 +571,52 @@ class EbsSnapshotSink:
         return {"destination": self.name, "type": "ebs", "region": self.target.region,
                 "snapshot_id": self.snapshot_id, "state": "failed", "error": str(error),
                 "note": note}
+
+
+def default_client_token(job_id: str, destination: str, spec: JobSpec | None = None) -> str:
+    """Stable for one job, version of its job file and destination (a rerun lands on the
+    same snapshot), distinct for any other triple however long the names: a hash, not a
+    truncation. An edited job file gets new snapshots, never the old version's pending one
+    (whose parameters differ: ConflictException, or blocks it does not count)."""
+    content = spec_digest(spec.model_dump_json()) if spec is not None else ""
+    digest = hashlib.sha256(f"{job_id}\0{destination}\0{content}".encode()).hexdigest()[:40]
+    return f"fspd-{digest}"
+
+
+@registry.source(EbsSourceSpec)
+def open_source(ctx: JobContext, job: JobSpec) -> EbsSnapshotSource:
+    src = job.source
+    assert isinstance(src, EbsSourceSpec)
+    target = registry.target_for(src)
+    if src.base_snapshot_id:
+        return EbsDeltaSource(ctx, target, src.base_snapshot_id, src.snapshot_id)
+    return EbsSnapshotSource(ctx, target, src.snapshot_id)
+
+
+@registry.sink(EbsDestinationSpec)
+def open_sink(ctx: JobContext, job: JobSpec, dest: EbsDestinationSpec, name: str
+              ) -> EbsSnapshotSink:
+    lineage: dict[str, str] = {}
+    if isinstance(job.source, EbsSourceSpec):
+        # Lets a later chain job find the copies made so far (see endpoints/chain.py).
+        lineage = {SOURCE_SNAPSHOT_TAG: job.source.snapshot_id,
+                   SOURCE_REGION_TAG: registry.target_for(job.source).region}
+    return _new_snapshot(ctx, job, dest, name, lineage)
+
+
+@registry.planner(EbsDestinationSpec)
+def plan_sink(ctx: JobContext, job: JobSpec, dest: EbsDestinationSpec, name: str
+              ) -> EbsSnapshotSink:
+    """For a dry run: the sink's put rules are asked, no snapshot is started."""
+    return _new_snapshot(ctx, job, dest, name, {})
+
+
+def _new_snapshot(ctx: JobContext, job: JobSpec, dest: EbsDestinationSpec, name: str,
+                  lineage: dict[str, str]) -> EbsSnapshotSink:
+    token = dest.client_token or default_client_token(ctx.job_id, name, job)
+    return EbsSnapshotSink(
+        ctx, registry.target_for(dest), name=name, parent_snapshot_id=dest.parent_snapshot_id,
+        volume_size_gib=dest.volume_size_gib, description=dest.description,
+        tags=lineage | dest.tags, copy_tags=dest.copy_tags, encrypted=dest.encrypted,
+        kms_key_arn=dest.kms_key_arn, timeout_minutes=dest.timeout_minutes,
+        client_token=token, skip_zero_blocks=dest.skip_zero_blocks)

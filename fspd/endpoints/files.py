@@ -29,12 +29,13 @@ from fspd.blocks import (
     pad_block,
 )
 from fspd.checkpoint import decode_bitmap, encode_bitmap
-from fspd.endpoints import safeopen
-from fspd.endpoints.context import JobContext
+from fspd.context import JobContext
+from fspd.endpoint import Gap, VolumeInfo
+from fspd.endpoints import registry, safeopen
 from fspd.endpoints.paths import check_read, check_write
 from fspd.errors import BadInput, TransferFailed
+from fspd.jobs import FileDestinationSpec, FileSourceSpec, JobSpec
 from fspd.log import get_logger
-from fspd.pipeline import Gap, VolumeInfo
 
 log = get_logger("fspd.files")
 
@@ -574,3 +575,14 @@ class FileSink:
                 "state": "failed", "error": str(error), "note": note}
 
 
+
+
+@registry.source(FileSourceSpec)
+def open_source(ctx: JobContext, job: JobSpec) -> FileSource:
+    assert isinstance(job.source, FileSourceSpec)
+    return FileSource(ctx, job.source.path)
+
+
+@registry.sink(FileDestinationSpec)
+def open_sink(ctx: JobContext, job: JobSpec, dest: FileDestinationSpec, name: str) -> FileSink:
+    return FileSink(ctx, dest.path, name=name, mode=dest.mode)

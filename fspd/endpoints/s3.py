@@ -78,13 +78,15 @@ from fspd.archive.reader import (
 from fspd.archive.segments import pack, runs
 from fspd.archive.store import ObjectStore, S3Location, clean_prefix, parse_s3_url, tagging
 from fspd.aws import AwsTarget, call
-from fspd.blocks import GIB, Block, BlockRef, Kind
+from fspd.blocks import GIB, Bitmap, Block, BlockRef, Kind
 from fspd.budget import Reservation
-from fspd.endpoints.context import JobContext
+from fspd.checkpoint import spec_digest
+from fspd.context import JobContext
+from fspd.endpoint import Gap, VolumeInfo
+from fspd.endpoints import registry
 from fspd.errors import BadInput, PermissionProblem, TransferFailed
-from fspd.jobs import S3DestinationSpec, S3SourceSpec
+from fspd.jobs import EbsSourceSpec, JobSpec, S3DestinationSpec, S3SourceSpec
 from fspd.log import get_logger
-from fspd.pipeline import Gap, VolumeInfo
 from fspd.retry import ApiError
 
 log = get_logger("fspd.s3")
@@ -112,7 +114,7 @@ async def check_bucket(store: ObjectStore, field: str) -> None:
                     "another account)") from None
             raise TransferFailed(f"HeadBucket {bucket} failed: {exc.code}: {exc.message}"
                                  ) from None
-    await store._retrier().run(attempt)
+    await store.retrier().run(attempt)
 
 
 @dataclass
@@ -620,6 +622,7 @@ class S3ArchiveSource:
         self._loader: asyncio.Task[None] | None = None
         self._loader_error: BaseException | None = None
         self._loader_done = False
+        self._skipped = Bitmap(0)  # blocks the pipeline will not fetch (resumed)
         self.reads = 0
 
     async def open(self) -> VolumeInfo:
@@ -636,6 +639,7 @@ class S3ArchiveSource:
             raise
         header = self.levels[0].manifest.header
         self.total = header.block_count
+        self._skipped = Bitmap(self.total)
         chain = " ← ".join(level.url for level in self.levels)
         return VolumeInfo(volume_size=header.volume_size, byte_length=header.byte_length,
                           encrypted=False, description=header.description,
@@ -656,6 +660,7 @@ class S3ArchiveSource:
             raise TransferFailed(f"no FSP archive at {loc.url()}: the prefix holds no objects")
         segments, cov = await self.ctx.offload(index_segments, names, gib, loc.url() + "/")
         self._fsp, self.coverage, self.total = segments, cov, cov.volume_blocks
+        self._skipped = Bitmap(self.total)
         if cov.tail is not None:
             if not self.allow_incomplete:
                 raise TransferFailed(incomplete_message(loc.url(), cov))
@@ -697,11 +702,30 @@ class S3ArchiveSource:
         pieces = await asyncio.shield(window.task)
         block = pieces[window.owner[ref.index]].pop(ref.index)
         self.reads += 1
+        self._taken(window)
+        return block
+
+    def skipped(self, ref: BlockRef) -> None:
+        """The pipeline will not fetch this block (every destination has it from an earlier
+        run): its window must not wait for it, or the window would hold its slot for good."""
+        if ref.kind is not Kind.DATA:
+            return
+        for window in self._resident:
+            if window.plan.start <= ref.index < window.plan.stop:
+                if ref.index in window.owner:
+                    pieces = window.task.result() if window.task.done() else None
+                    if pieces is not None:
+                        pieces[window.owner[ref.index]].pop(ref.index, None)
+                    del window.owner[ref.index]
+                    self._taken(window)
+                return
+        self._skipped.set(ref.index)  # its window is not loaded yet: it will not wait for it
+
+    def _taken(self, window: _Resident) -> None:
         window.remaining -= 1
         if window.remaining == 0:
             self._resident.remove(window)
             self._slots.release()
-        return block
 
     async def _window_for(self, index: int) -> _Resident:
         async with self._changed:
@@ -720,12 +744,14 @@ class S3ArchiveSource:
         """Start loading windows in plan order, at most ``_max_resident`` at a time."""
         try:
             for plan in self._plans():
-                owner = {i: p for i, kind, p in plan.entries if kind is Kind.DATA}
-                if not owner:
-                    continue
                 await self._slots.acquire()
-                task = asyncio.create_task(self._load(plan))
-                async with self._changed:
+                async with self._changed:  # no await from here until it is resident
+                    owner = {i: p for i, kind, p in plan.entries
+                             if kind is Kind.DATA and i not in self._skipped}
+                    if not owner:
+                        self._slots.release()
+                        continue
+                    task = asyncio.create_task(self._load(plan))
                     self._resident.append(_Resident(plan, task, len(owner), owner))
                     self._changed.notify_all()
         except Exception as exc:
@@ -755,10 +781,23 @@ class S3ArchiveSource:
 
 
 
-def archive_source(ctx: JobContext, spec: S3SourceSpec, target: AwsTarget) -> S3ArchiveSource:
+@registry.source(S3SourceSpec)
+def open_source(ctx: JobContext, job: JobSpec) -> S3ArchiveSource:
+    spec = job.source
+    assert isinstance(spec, S3SourceSpec)
     loc = S3Location(spec.bucket, clean_prefix(spec.prefix, "source.prefix"))
-    return S3ArchiveSource(ctx, target, loc, fmt=spec.format,
+    return S3ArchiveSource(ctx, registry.target_for(spec), loc, fmt=spec.format,
                            allow_incomplete=spec.allow_incomplete)
+
+
+@registry.sink(S3DestinationSpec)
+def open_sink(ctx: JobContext, job: JobSpec, spec: S3DestinationSpec, name: str
+              ) -> S3ArchiveSink:
+    source = job.source
+    source_region = (registry.target_for(source).region
+                     if isinstance(source, EbsSourceSpec) else None)
+    return archive_sink(ctx, spec, name, source, registry.target_for(spec), source_region,
+                        {"id": ctx.job_id, "spec": spec_digest(job.model_dump_json())})
 
 
 def archive_sink(ctx: JobContext, spec: S3DestinationSpec, name: str, source: Any,
