@@ -5,6 +5,7 @@ Every queue, pool, retry and timeout in fspd takes its bound from here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -95,6 +96,25 @@ class AwsSettings(_Section):
         return value
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) on a loopback address; ValueError otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (like 127.0.0.1:8485)")
+    host = host.removeprefix("[").removesuffix("]")
+    if host.lower() != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"{host!r} is not a loopback address: the web view has no login "
+                             "for reading, so it listens on 127.0.0.0/8, [::1] or localhost "
+                             "only; from another machine use ssh -L (see `fspd ui`)")
+    return host, int(port_text)
+
+
+
 class DaemonSettings(_Section):
     """``fspd serve``. Keys marked (reload) change on SIGHUP; the others need a restart."""
 
@@ -120,8 +140,6 @@ class DaemonSettings(_Section):
     @field_validator("http_listen")
     @classmethod
     def _loopback(cls, value: str | None) -> str | None:
-        from fspd.daemon.ui import parse_listen
-
         if value is not None:
             parse_listen(value)
         return value

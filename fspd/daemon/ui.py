@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from fspd.config import parse_listen
 from fspd.daemon.ui_recorder import Recorder, route
 from fspd.errors import BadInput
 from fspd.log import get_logger
@@ -46,31 +47,12 @@ CLIENT_QUEUE = 512  # events buffered per page; a slow page loses the oldest
 STATIC = {"": ("index.html", "text/html"), "app.js": ("app.js", "text/javascript"),
           "app.css": ("app.css", "text/css")}
 SAFE_METHODS = ("GET", "HEAD")
-LOOPBACK_NAMES = ("localhost",)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE_KEY: web.AppKey[Any] = web.AppKey("ui_service")
 RECORDER_KEY: web.AppKey[Recorder] = web.AppKey("ui_recorder")
 
 
 # --- settings ----------------------------------------------------------------------------
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) on a loopback address; ValueError otherwise."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT (like 127.0.0.1:8485)")
-    host = host.removeprefix("[").removesuffix("]")
-    if host.lower() not in LOOPBACK_NAMES:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"{host!r} is not a loopback address: the web view has no login "
-                             "for reading, so it listens on 127.0.0.0/8, [::1] or localhost "
-                             "only; from another machine use ssh -L (see `fspd ui`)")
-    return host, int(port_text)
-
 
 def url_of(listen: str) -> str:
     host, port = parse_listen(listen)
@@ -166,7 +148,7 @@ def _loopback_host(header: str | None) -> bool:
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:
         host = host.partition(":")[0]
-    if host.lower() in LOOPBACK_NAMES:
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
