@@ -31,9 +31,13 @@ class TransferSettings(_Section):
     per_account_rps: float = Field(1000.0, gt=0, le=1_000_000)
     # Blocks (512 KiB) buffered in memory by all jobs of one process together.
     max_buffered_blocks: int = Field(512, ge=16, le=65_536)
-    # Threads for hashing, compression and file I/O (they release the GIL).
+    # Threads for compression and file I/O (they release the GIL).
     worker_threads: int = Field(4, ge=1, le=64)
-    hash_in_threads: bool = False
+    # Verify fetched blocks' SHA-256 on threads beside the event loop (fspd/hashing.py):
+    # "auto" when more than one CPU is usable (os.sched_getaffinity); hash_threads of them,
+    # 0 = auto (usable CPUs - 1, at most 4).
+    hash_in_threads: bool | Literal["auto"] = "auto"
+    hash_threads: int = Field(0, ge=0, le=64)
     # Sign with botocore, send Get/PutSnapshotBlock with aiohttp (see docs/performance).
     fast_path: bool = True
     list_page_size: int = Field(10_000, ge=100, le=10_000)

@@ -30,7 +30,7 @@ from fspd.blocks import BLOCK_SIZE
 from fspd.config import AwsSettings, RetrySettings, Settings, TransferSettings
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 from fspd.run import run_job
-from tests.bench import floors
+from tests.bench import cores, floors
 from tests.bench.fsp_style import fsp_style_download
 from tests.bench.measure import Cost, measure
 from tests.conftest import TEST_ALLOW_ENDPOINTS
@@ -390,6 +390,7 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
         with MotoServer() as s3_url:
             await bench.movetos3(s3_url)
         print("\n".join(_table(bench)))
+        print("\n".join(await cores.report(bench)))
         print("\nLatency-bound throughput (download; bound = min(in-flight / latency, 1000/s))")
         print(f"{'latency':>8}{'in-flight':>10}{'bound/s':>9}{'achieved/s':>12}{'ratio':>7}"
               f"{'target':>8}")

@@ -16,6 +16,9 @@ def test_the_benchmark_runs_and_prints_its_table() -> None:
                          capture_output=True, text=True, timeout=280, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     for section in ("machine:", "CPU per 512 KiB block", "download", "upload", "copy",
-                    "movetos3", "Latency-bound throughput", "Throttling", "Random throttling",
+                    "movetos3", "Hashing fetched blocks on threads", "in-process run_job",
+                    "whole process fspd download", "Whole-process CPU of commands as typed",
+                    "fspd --help", "fspd status (fspd serve running)",
+                    "Latency-bound throughput", "Throttling", "Random throttling",
                     "Memory"):
         assert section in out.stdout, f"missing {section!r}:\n{out.stdout}"
