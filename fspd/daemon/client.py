@@ -9,6 +9,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from fspd.errors import BadInput, Cancelled, ExitCode, FspdError, PermissionProblem
 
@@ -99,7 +100,8 @@ class _UnixConnection(http.client.HTTPConnection):
 
 def request(socket_path: str, method: str, path: str, body: dict[str, Any] | None = None,
             timeout_s: float = 30.0) -> dict[str, Any]:
-    """One request to the daemon and its JSON answer (errors as :class:`Client.call`)."""
+    """One request to the daemon and its JSON answer (errors as :class:`Client.call`).
+    ``path`` may hold a job name as typed: it is percent-quoted here."""
     conn = _UnixConnection(socket_path, timeout_s)
     try:
         try:
@@ -109,7 +111,7 @@ def request(socket_path: str, method: str, path: str, body: dict[str, Any] | Non
         try:
             payload = None if body is None else json.dumps(body).encode()
             headers = {} if payload is None else {"Content-Type": "application/json"}
-            conn.request(method, path, body=payload, headers=headers)
+            conn.request(method, quote(path, safe="/"), body=payload, headers=headers)
             resp = conn.getresponse()
             text = resp.read().decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:

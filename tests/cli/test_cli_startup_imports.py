@@ -91,6 +91,14 @@ def test_status_of_a_running_daemon_loads_no_heavy_module(
     assert _heavy(as_json["modules"]) == []
 
 
+def test_a_job_name_with_spaces_and_controls_is_a_clean_not_found(
+        daemon: Daemon, cli_env: dict[str, str], tmp_path: Path) -> None:
+    for verb in ("status", "cancel"):
+        probe = _run([verb, "no such\tjob?", "--socket", daemon.socket], cli_env, tmp_path)
+        assert probe["code"] == 2, probe["stderr"]
+        assert "no such" in probe["stderr"], probe["stderr"]
+
+
 def test_status_names_a_socket_path_of_the_wrong_type(cli_env: dict[str, str],
                                                       tmp_path: Path) -> None:
     config = tmp_path / "fspd.toml"
