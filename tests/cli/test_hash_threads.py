@@ -50,6 +50,7 @@ def _ok(result: Any) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
+@pytest.mark.timeout(300)
 def test_download_is_byte_identical_with_hashing_on_threads_or_on_the_loop(
         fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
     snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=41)
@@ -73,11 +74,12 @@ def test_upload_gives_the_same_snapshot_with_hashing_on_threads_or_on_the_loop(
         assert emulator.image(result["snapshot_id"], length=len(data)) == bytes(data)
 
 
+@pytest.mark.timeout(300)  # two archives and two 1 GiB restores, on a shared machine
 def test_movetos3_archive_is_identical_with_hashing_on_threads_or_on_the_loop(
         fspd_s3: Runner, emulator: EmulatorControl, moto: str, tmp_path: Path) -> None:
     s3 = s3_client(moto)
     s3.create_bucket(Bucket="hashing")
-    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05,
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.03,
                               zero_fraction=0.1, seed=42)
     for mode in MODES:
         _ok(fspd_s3(["movetos3", snap, f"s3://hashing/{mode}", "--segment-blocks", "16",
