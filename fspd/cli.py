@@ -1,6 +1,10 @@
 """Command line: ``fspd COMMAND``. Each command group lives in its own module and registers
 itself through ``register(subparsers)``; this module only dispatches and maps errors to exit codes.
 
+Registering is cheap: a command module imports what its commands need (pydantic, botocore,
+aiohttp, uvloop, ...) inside their handlers, so ``fspd --help`` and ``fspd status`` load none
+of it (tests/cli/test_cli_startup_imports.py checks which modules a command loads).
+
 Global options (``--log-level``, ``--log-json``, ``-v``, ``-q``) are accepted before and after
 the command. With ``--json``, a failure prints ``{"error", "field", "message", "exit_code"}``
 on stdout as well as the one-line message on stderr.
@@ -136,8 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         _resolve_globals(args)
         log.configure(args.log_level, json=args.log_json)
-        log.get_logger("fspd.cli").debug("command_started", command=args.command,
-                                         version=__version__, pid=os.getpid())
+        if args.log_level == "debug":  # (asking for a logger loads structlog)
+            log.get_logger("fspd.cli").debug("command_started", command=args.command,
+                                             version=__version__, pid=os.getpid())
         return int(args.handler(args) or 0)
     except FspdError as exc:
         return _report(exc, as_json)

@@ -6,16 +6,13 @@ Every queue, pool, retry and timeout in fspd takes its bound from here.
 from __future__ import annotations
 
 import ipaddress
-import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fspd import config_file
 from fspd.errors import BadInput
-
-DEFAULT_CONFIG_PATHS = (Path("/etc/fspd/fspd.toml"),)
 
 
 class _Section(BaseModel):
@@ -35,9 +32,13 @@ class TransferSettings(_Section):
     per_account_rps: float = Field(1000.0, gt=0, le=1_000_000)
     # Blocks (512 KiB) buffered in memory by all jobs of one process together.
     max_buffered_blocks: int = Field(512, ge=16, le=65_536)
-    # Threads for hashing, compression and file I/O (they release the GIL).
+    # Threads for compression and file I/O (they release the GIL).
     worker_threads: int = Field(4, ge=1, le=64)
-    hash_in_threads: bool = False
+    # Verify fetched blocks' SHA-256 on threads beside the event loop (fspd/hashing.py):
+    # "auto" when more than one CPU is usable (os.sched_getaffinity); hash_threads of them,
+    # 0 = auto (usable CPUs - 1, at most 4).
+    hash_in_threads: bool | Literal["auto"] = "auto"
+    hash_threads: int = Field(0, ge=0, le=64)
     # Sign with botocore, send Get/PutSnapshotBlock with aiohttp (see docs/performance).
     fast_path: bool = True
     list_page_size: int = Field(10_000, ge=100, le=10_000)
@@ -120,7 +121,7 @@ class DaemonSettings(_Section):
 
     spool_dir: Path = Path("/var/spool/fspd")  # tmp/ new/ active/ done/ failed/ live here
     state_dir: Path = Path("/var/lib/fspd")  # per-job state (checkpoints)
-    socket_path: Path = Path("/run/fspd/fspd.sock")  # control socket (HTTP + JSON)
+    socket_path: Path = config_file.DEFAULT_SOCKET_PATH  # control socket (HTTP + JSON)
     socket_group: str | None = None  # group owning the socket (mode 0660); None = daemon's
     control_group: str | None = None  # (reload) members may cancel/pause/submit/set bandwidth
     max_jobs: int = Field(4, ge=1, le=256)  # (reload) jobs running at once
@@ -164,23 +165,10 @@ def _describe(err: ValidationError) -> str:
 
 def load(path: Path | str | None = None) -> Settings:
     """Load settings from ``path``, $FSPD_CONFIG, or /etc/fspd/fspd.toml; defaults otherwise."""
-    candidates = [Path(path)] if path else []
-    if not candidates and os.environ.get("FSPD_CONFIG"):
-        candidates = [Path(os.environ["FSPD_CONFIG"])]
-    explicit = bool(candidates)
-    if not candidates:
-        candidates = [p for p in DEFAULT_CONFIG_PATHS if p.exists()]
-    if not candidates:
+    found = config_file.read(path)
+    if found is None:
         return Settings()
-    cfg = candidates[0]
-    try:
-        data = tomllib.loads(cfg.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if explicit:
-            raise BadInput(f"config file {cfg} does not exist", field="config") from None
-        return Settings()
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{cfg} is not valid TOML: {exc}", field="config") from None
+    cfg, data = found
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

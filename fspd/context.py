@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 
 from fspd.aws import AwsClients, AwsTarget
 from fspd.blockapi import BlockApi, BotocoreBlockApi, SignedHttpBlockApi
+from fspd.blocks import digest
 from fspd.budget import SharedLimits
 from fspd.checkpoint import Checkpoint
 from fspd.config import Settings
+from fspd.hashing import BlockHasher, thread_count
 from fspd.progress import Progress
 from fspd.retry import RateController, Retrier
 
@@ -40,9 +42,18 @@ class JobContext:
     shared_limits: InitVar[SharedLimits | None] = None  # another job's, to share them
     limits: SharedLimits = field(init=False)
     _block_apis: dict[AwsTarget, BlockApi] = field(default_factory=dict)
+    hasher: BlockHasher | None = field(init=False)  # None: the loop hashes fetched blocks
 
     def __post_init__(self, shared_limits: SharedLimits | None) -> None:
         self.limits = shared_limits or SharedLimits.from_settings(self.settings.transfer)
+        threads = thread_count(self.settings.transfer)
+        self.hasher = BlockHasher(threads) if threads else None
+
+    async def digest(self, data: bytes) -> bytes:
+        """A fetched block's SHA-256, on the hashing threads where there are any."""
+        if self.hasher is None:
+            return digest(data)
+        return await self.hasher.digest(data)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (hashing, compression, file I/O) on the job's thread pool."""
@@ -91,6 +102,8 @@ class JobContext:
         for api in self._block_apis.values():
             await api.close()
         self._block_apis.clear()
+        if self.hasher is not None:
+            self.hasher.close()
 
 
 @asynccontextmanager

@@ -7,8 +7,6 @@ import sys
 import unicodedata
 from typing import Any, TextIO
 
-from tqdm import tqdm
-
 from fspd.blocks import BLOCK_SIZE
 from fspd.progress import Progress
 
@@ -38,6 +36,8 @@ class ProgressBar:
 
     def __init__(self, label: str, *, position: int | None = None,
                  stream: TextIO | None = None) -> None:
+        from tqdm import tqdm  # only a command that draws a bar pays for importing it
+
         self.bar = tqdm(total=None, desc=label, file=stream or sys.stderr, position=position,
                         dynamic_ncols=True, leave=True, bar_format="{desc}")
 

@@ -1,5 +1,8 @@
 """Logging setup: structlog, JSON lines off a TTY, console rendering on one.
 
+structlog is imported on first use (:func:`get_logger`), not by :func:`configure`: a command
+that never logs (``fspd --help``, ``fspd status``) does not pay for importing it.
+
 Credentials never reach a log line: :func:`_redact` drops values of keys that look secret,
 and replaces this process's own secret values (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
 ...) wherever they appear inside any other value, such as an error message.
@@ -11,8 +14,6 @@ import logging
 import os
 import sys
 from typing import Any
-
-import structlog
 
 _SECRET_MARKERS = ("secret", "password", "token", "credential", "authorization", "session_key")
 
@@ -84,11 +85,30 @@ def _printable(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any
     return event
 
 
+_pending: dict[str, Any] | None = None  # configure()'s settings, until structlog is loaded
+
+
 def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
-    """Configure structlog for the process. ``json=None`` picks JSON unless stderr is a TTY."""
+    """Configure structlog for the process. ``json=None`` picks JSON unless stderr is a TTY.
+    Applied at once if structlog is loaded, else when the first logger is asked for."""
+    global _pending
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
+    _pending = {"level": logging.getLevelNamesMapping()[level.upper()], "json": json,
+                "stream": stream}
+    if "structlog" in sys.modules:
+        _structlog()
+
+
+def _structlog() -> Any:
+    """structlog, configured as the last :func:`configure` asked."""
+    global _pending
+    import structlog
+
+    if _pending is None:
+        return structlog
+    json, stream = _pending["json"], _pending["stream"]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
@@ -104,13 +124,14 @@ def configure(level: str = "info", *, json: bool | None = None, stream: Any = No
             *(() if json else (_printable,)),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(_pending["level"]),
         logger_factory=lambda *_args: _LineLogger(stream),
         cache_logger_on_first_use=False,
     )
+    _pending = None
+    return structlog
 
 
 def get_logger(name: str | None = None) -> Any:
+    structlog = _structlog()
     return structlog.get_logger(name) if name else structlog.get_logger()

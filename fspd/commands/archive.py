@@ -12,15 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fspd import config, jobs, loop
-from fspd.archive.store import parse_s3_url
-from fspd.archive.verify import run_verify
 from fspd.commands.transfer import execute, global_options, parse_tags
 from fspd.display import human_bytes
 from fspd.errors import BadInput, TransferFailed
-from fspd.run import target_for
 
-SNAPSHOT_RE = re.compile(jobs.SNAPSHOT_ID_RE)
+# The handlers import the job model, S3 and the engine when they run (see fspd/cli.py).
 
 
 def register(subparsers: Any) -> None:
@@ -84,6 +80,8 @@ def _s3_options(p: argparse.ArgumentParser) -> None:
 
 
 def _s3_spec(args: argparse.Namespace, field: str) -> dict[str, Any]:
+    from fspd.archive.store import parse_s3_url
+
     loc = parse_s3_url(args.url, field)
     spec: dict[str, Any] = {"type": "s3", "bucket": loc.bucket, "prefix": loc.prefix}
     region = args.s3_region or getattr(args, "region", None)
@@ -102,7 +100,9 @@ def _aws(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_movetos3(args: argparse.Namespace) -> int:
-    if SNAPSHOT_RE.match(args.source):
+    from fspd import jobs
+
+    if re.match(jobs.SNAPSHOT_ID_RE, args.source):
         source: dict[str, Any] = {"type": "ebs", "snapshot_id": args.source, **_aws(args)}
         if args.base_snapshot_id:
             source["base_snapshot_id"] = args.base_snapshot_id
@@ -124,6 +124,8 @@ def _cmd_movetos3(args: argparse.Namespace) -> int:
 
 
 def _cmd_getfroms3(args: argparse.Namespace) -> int:
+    from fspd import jobs
+
     source = _s3_spec(args, "source")
     source["format"] = args.format
     if args.allow_incomplete:
@@ -145,6 +147,11 @@ def _cmd_getfroms3(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from fspd import config, jobs, loop
+    from fspd.archive.store import parse_s3_url
+    from fspd.archive.verify import run_verify
+    from fspd.run import target_for
+
     spec = jobs.S3SourceSpec.model_validate(_s3_spec(args, "url") | {"format": args.format})
     settings = config.load(args.config)
     loc = parse_s3_url(args.url, "url")

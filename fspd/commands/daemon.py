@@ -8,17 +8,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from fspd import config, jobs, loop
+from fspd import config_file
 from fspd.daemon import view
-from fspd.daemon.client import Client, DaemonUnavailable, exit_code_for
-from fspd.daemon.scheduler import TERMINAL
-from fspd.daemon.spool import Spool
+from fspd.daemon.client import Client, DaemonUnavailable, exit_code_for, request
+from fspd.daemon.states import TERMINAL
 from fspd.display import printable
 from fspd.errors import BadInput, ExitCode
+
+if TYPE_CHECKING:  # the commands that need them import them (see fspd/cli.py)
+    from fspd import config
 
 
 def _conn(p: argparse.ArgumentParser, *, spool: bool = False) -> None:
@@ -98,6 +98,8 @@ def register(subparsers: Any) -> None:
 # --- helpers -----------------------------------------------------------------------------
 
 def _settings(args: argparse.Namespace) -> config.Settings:
+    from fspd import config
+
     return config.load(getattr(args, "config", None))
 
 
@@ -106,7 +108,8 @@ def socket_path(args: argparse.Namespace) -> str:
         return str(args.socket)
     if os.environ.get("FSPD_SOCKET"):
         return os.environ["FSPD_SOCKET"]
-    return str(_settings(args).daemon.socket_path)
+    # The socket's path alone: the rest of the file is the daemon's to validate.
+    return str(config_file.socket_path(getattr(args, "config", None)))
 
 
 def spool_dir(args: argparse.Namespace) -> Path:
@@ -120,7 +123,9 @@ def spool_dir(args: argparse.Namespace) -> Path:
 # --- serve -------------------------------------------------------------------------------
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fspd import log
+    from pydantic import ValidationError
+
+    from fspd import config, log
     from fspd.daemon.service import serve, with_overrides
 
     overrides: dict[str, Any] = {
@@ -149,6 +154,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # --- clients -----------------------------------------------------------------------------
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    from fspd import jobs, loop
+    from fspd.daemon.spool import Spool
+
     path = Path(args.jobfile)
     try:
         if path.stat().st_size > jobs.MAX_JOB_FILE_BYTES:
@@ -160,7 +168,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     spool = Spool(spool_dir(args))
     sock = socket_path(args) if args.wait else None
     if sock is not None:  # fail before submitting if nobody will run it
-        loop.run(_call(sock, "GET", "/v1/status"))
+        request(sock, "GET", "/v1/status")
     try:
         if not spool.box("new").is_dir():
             raise BadInput(f"{spool.root} is not a spool (no new/ directory); is the daemon "
@@ -184,23 +192,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                             as_json=args.json))
 
 
-async def _call(sock: str, method: str, path: str, body: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
-    async with Client(sock) as client:
-        return await client.call(method, path, body)
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     sock = socket_path(args)
-
-    async def main() -> tuple[dict[str, Any], Any]:
-        async with Client(sock) as client:
-            if args.job:
-                return {}, await client.call("GET", f"/v1/jobs/{args.job}")
-            return (await client.call("GET", "/v1/status"),
-                    (await client.call("GET", "/v1/jobs"))["jobs"])
-
-    status, data = loop.run(main())
+    if args.job:
+        status, data = {}, request(sock, "GET", f"/v1/jobs/{args.job}")
+    else:
+        status = request(sock, "GET", "/v1/status")
+        data = request(sock, "GET", "/v1/jobs")["jobs"]
     if args.json:
         print(json.dumps(data if args.job else {**status, "jobs": data}, indent=2,
                          default=str))
@@ -212,6 +210,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    from fspd import loop
+
     mode = "ndjson" if args.json or not sys.stderr.isatty() else "bars"
     if args.quiet and not args.json:  # wait for the job without showing it; its exit code
         mode = "quiet"
@@ -260,14 +260,14 @@ async def _follow(sock: str, job: str | None, *, mode: str, final: bool,
 
 
 def _cmd_action(args: argparse.Namespace) -> int:
-    result = loop.run(_call(socket_path(args), "POST", f"/v1/jobs/{args.job}/{args.action}"))
+    result = request(socket_path(args), "POST", f"/v1/jobs/{args.job}/{args.action}")
     print(f"{printable(result['job'])}: {args.action} requested ({printable(result['state'])})")
     return 0
 
 
 def _cmd_bandwidth(args: argparse.Namespace) -> int:
     rate = view.parse_rate(args.rate)
-    result = loop.run(_call(socket_path(args), "PUT", "/v1/bandwidth", {"bytes_per_s": rate}))
+    result = request(socket_path(args), "PUT", "/v1/bandwidth", {"bytes_per_s": rate})
     limit = result["bytes_per_s"]
     from fspd.display import human_bytes
 

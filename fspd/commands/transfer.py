@@ -10,13 +10,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fspd import config, display, endpoint_policy, jobs, loop
 from fspd.commands import sizeof
 from fspd.errors import BadInput, Cancelled
-from fspd.progress import Progress
-from fspd.run import run_job
+
+if TYPE_CHECKING:  # the handlers import these when they run (see fspd/cli.py)
+    from fspd import config, jobs
 
 
 def global_options(p: argparse.ArgumentParser) -> None:
@@ -204,6 +204,8 @@ def _verb(verb: str, keys: list[str]) -> Any:
                 data[key] = getattr(args, key)
         if args.dry_run:
             data["dry_run"] = True
+        from fspd import jobs
+
         spec = jobs.validate(data)
         return execute(spec, args, after=sizeof.truncate_hook(args))
 
@@ -216,6 +218,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raw = path.read_bytes()
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}", field="jobfile") from None
+    from fspd import jobs
+
     spec = jobs.parse(raw, path.name)
     if args.dry_run and not spec.dry_run:
         spec = spec.model_copy(update={"dry_run": True})
@@ -230,6 +234,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def operator_endpoints(settings: config.Settings, args: argparse.Namespace
                        ) -> config.Settings:
     """Endpoints given on the command line are the operator's choice: allow them."""
+    from fspd import endpoint_policy
+
     flags = [getattr(args, key, None) for key in ("endpoint_url", "destination_endpoint_url",
                                                   "s3_endpoint_url")]
     given = tuple(p for p in map(endpoint_policy.exact_pattern, filter(None, flags)) if p)
@@ -245,6 +251,10 @@ def execute(spec: jobs.JobSpec, args: argparse.Namespace, *, job_id: str | None 
              after: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Run ``spec`` in the foreground and print its result; ``after`` may amend the result
     of a successful run before it is printed."""
+    from fspd import config, display, loop
+    from fspd.progress import Progress
+    from fspd.run import run_job
+
     settings = operator_endpoints(config.load(args.config), args)
     progress = Progress()
     show = sys.stderr.isatty() and not args.quiet and not args.json

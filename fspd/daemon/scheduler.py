@@ -26,6 +26,8 @@ from fspd.budget import Bandwidth, JobControl, SharedLimits
 from fspd.config import Settings
 from fspd.daemon.events import EventHub
 from fspd.daemon.spool import Entry, Spool
+from fspd.daemon.states import STATES as STATES  # (re-exported: fspd.daemon.metrics)
+from fspd.daemon.states import TERMINAL
 from fspd.errors import BadInput, FspdError
 from fspd.log import get_logger
 from fspd.memory import trim
@@ -34,8 +36,6 @@ from fspd.run import run_job, state_dir_for
 
 log = get_logger("fspd.daemon")
 
-TERMINAL = ("completed", "failed", "cancelled")
-STATES = ("queued", "running", "paused", *TERMINAL)
 MAX_LISTED_MATCHES = 10  # an ambiguous job prefix lists at most this many ids
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from fspd.daemon.scheduler import TERMINAL
+from fspd.daemon.states import TERMINAL
 from fspd.display import ProgressBar, eta_text, human_bytes, percent_text, printable
 from fspd.errors import BadInput
 

@@ -19,7 +19,6 @@ from fspd.blocks import (
     BlockRef,
     DigestFile,
     Kind,
-    digest,
     from_b64,
     gib_for_bytes,
     is_zero,
@@ -106,10 +105,7 @@ class _EbsReader:
 
     async def _verified_get(self, ref: BlockRef) -> Block:
         data, checksum = await self._api.get_block(self.snapshot_id, ref.index, ref.token)
-        if self.ctx.settings.transfer.hash_in_threads:
-            raw = await self.ctx.offload(digest, data)
-        else:
-            raw = digest(data)
+        raw = await self.ctx.digest(data)
         if len(data) != BLOCK_SIZE or raw != from_b64(checksum):
             raise CorruptBlock(f"block {ref.index} of {self.snapshot_id}: "
                                f"{len(data)} bytes, checksum mismatch")

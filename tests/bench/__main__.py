@@ -31,7 +31,7 @@ from fspd.blocks import BLOCK_SIZE
 from fspd.config import AwsSettings, RetrySettings, Settings, TransferSettings
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 from fspd.run import run_job
-from tests.bench import floors
+from tests.bench import cores, floors
 from tests.bench.fsp_style import fsp_style_download
 from tests.bench.measure import Cost, measure
 from tests.bench.whole import WholeProcess
@@ -451,6 +451,7 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
             with MotoServer() as s3_url:
                 await bench.movetos3(s3_url)
             print("\n".join(_table(bench)))
+            print("\n".join(await cores.report(bench)))
         if "tls" in args.only:
             await tls_rows(args, bench, work)
         if "whole" in args.only and not os.environ.get("FSP_DIR"):

@@ -17,5 +17,8 @@ def test_the_benchmark_runs_and_prints_its_table() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     for section in ("machine:", "CPU per 512 KiB block", "download", "upload", "copy",
                     "movetos3", "Over TLS", "download/TLS", "upload/TLS", "Whole process",
+                    "Hashing fetched blocks on threads", "in-process run_job",
+                    "whole process fspd download", "Whole-process CPU of commands as typed",
+                    "fspd --help", "fspd status (fspd serve running)",
                     "Latency-bound throughput", "Throttling", "Random throttling", "Memory"):
         assert section in out.stdout, f"missing {section!r}:\n{out.stdout}"
