@@ -8,9 +8,7 @@ import shlex
 import socket
 from typing import Any
 
-from fspd import config
 from fspd.commands.daemon import socket_path
-from fspd.daemon import ui
 
 SSH_LOCAL_PORT = 8485
 
@@ -29,6 +27,9 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
+    from fspd import config  # here, not at the top: `fspd --help` loads no pydantic or aiohttp
+    from fspd.daemon import ui
+
     settings = config.load(args.config)
     sock = socket_path(args)
     listen = settings.daemon.http_listen
