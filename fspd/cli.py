@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "fspd.commands.transfer",
     "fspd.commands.archive",
     "fspd.commands.daemon",
+    "fspd.commands.analyze",
     "fspd.commands.completion",
     "fspd.emulator.cli",
 )

@@ -95,6 +95,13 @@ class AwsSettings(_Section):
         return value
 
 
+class AnalyzeSettings(_Section):
+    # ``fspd analyze``'s monthly cost: EBS snapshot storage, standard tier, USD per GiB-month
+    # (AWS's "GB-month"), list price in us-east-1 as recorded on price_date. Set your region's.
+    price_per_gib_month: float = Field(0.05, ge=0, le=100)
+    price_date: str = Field("2026-12-01", max_length=40)
+
+
 class DaemonSettings(_Section):
     """``fspd serve``. Keys marked (reload) change on SIGHUP; the others need a restart."""
 
@@ -123,6 +130,7 @@ class Settings(_Section):
     aws: AwsSettings = AwsSettings()
     s3: S3Settings = S3Settings()
     daemon: DaemonSettings = DaemonSettings()
+    analyze: AnalyzeSettings = AnalyzeSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -1,0 +1,134 @@
+"""``fspd analyze`` as typed (issue 16 part 3): per snapshot of a lineage the allocated size,
+the change against the previous snapshot, the blocks unique to it and a monthly cost, as a
+table, JSON, CSV and an SVG chart; bad input exits 2 naming the field; the listings are
+streamed, so a 16 TiB lineage stays within the usual 256 MiB."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import boto3
+import pytest
+
+from fspd.emulator.control import EmulatorControl
+from tests.cli.conftest import Runner
+
+BLOCK = 512 * 1024
+MIB_PER_BLOCK = 0.5
+
+
+def _snapshot(ebs: object, writes: dict[int, int], parent: str | None = None) -> str:
+    """A completed 1 GiB snapshot holding ``writes`` ({index: fill byte}) over ``parent``."""
+    params = {"VolumeSize": 1, **({"ParentSnapshotId": parent} if parent else {})}
+    sid = ebs.start_snapshot(**params)["SnapshotId"]  # type: ignore[attr-defined]
+    for index, fill in writes.items():
+        data = bytes([fill]) * BLOCK
+        ebs.put_snapshot_block(  # type: ignore[attr-defined]
+            SnapshotId=sid, BlockIndex=index, BlockData=data, DataLength=BLOCK,
+            Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            ChecksumAlgorithm="SHA256")
+    ebs.complete_snapshot(SnapshotId=sid,  # type: ignore[attr-defined]
+                          ChangedBlocksCount=len(writes))
+    return sid
+
+
+@pytest.fixture
+def lineage(emulator: EmulatorControl) -> list[str]:
+    """Three snapshots of one volume with known blocks:
+    S1 writes 0..9; S2 rewrites 5, 6, 7 and adds 20; S3 rewrites 6 and adds 30.
+    Allocated 10, 11, 12. Changed against the previous: -, 4, 2.
+    Unique (freed by deleting it): S1 {5, 6, 7} (S2 replaced them), S2 {6} (S3 replaced it),
+    S3 {6, 30} (the newest: everything it wrote)."""
+    ebs = boto3.client("ebs", endpoint_url=emulator.url, region_name="us-east-1")
+    s1 = _snapshot(ebs, {i: 1 for i in range(10)})
+    s2 = _snapshot(ebs, {5: 2, 6: 2, 7: 2, 20: 2}, parent=s1)
+    s3 = _snapshot(ebs, {6: 3, 30: 3}, parent=s2)
+    return [s1, s2, s3]
+
+
+EXPECTED = {  # allocated, changed, unique (blocks) per snapshot, oldest first
+    "allocated_blocks": [10, 11, 12],
+    "changed_blocks": [10, 4, 2],
+    "unique_blocks": [3, 1, 2],
+}
+
+
+def test_analyze_json_gives_allocated_changed_unique_and_cost_of_a_known_lineage(
+        fspd: Runner, lineage: list[str]) -> None:
+    s1, s2, s3 = lineage
+    result = fspd(f"fspd analyze {s3} {s1} {s2} --json --price 0.1")  # any order given
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = report["snapshots"]
+    assert [r["snapshot_id"] for r in rows] == [s1, s2, s3]  # time order
+    for key, values in EXPECTED.items():
+        assert [r[key] for r in rows] == values, key
+    assert [r["unique_bytes"] for r in rows] == [3 * BLOCK, BLOCK, 2 * BLOCK]
+    # Cost: the data each snapshot stored (10, 4, 2 blocks) at 0.1 USD per GiB-month.
+    assert [r["monthly_cost_usd"] for r in rows] == [
+        round(n * BLOCK / (1 << 30) * 0.1, 4) for n in (10, 4, 2)]
+    assert report["total"]["new_blocks"] == 16 and report["total"]["unique_blocks"] == 6
+    assert report["price_per_gib_month_usd"] == 0.1 and report["price_source"] == "--price"
+
+
+def test_analyze_volume_takes_every_snapshot_in_time_order_through_paginated_describe(
+        fspd: Runner, lineage: list[str], emulator: EmulatorControl) -> None:
+    """The emulator gives every snapshot the volume id AWS gives snapshots not taken from
+    a volume (vol-ffffffff); DescribeSnapshots' pages of at most 1000 are followed."""
+    emulator.reset_stats()
+    result = fspd("fspd analyze --volume vol-ffffffff --csv")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["snapshot_id"] for r in rows] == lineage
+    for key, values in EXPECTED.items():
+        assert [int(r[key]) for r in rows] == values, key
+    # Default price from [analyze] in the config: 0.05 USD per GiB-month.
+    assert float(rows[0]["monthly_cost_usd"]) == round(10 * BLOCK / (1 << 30) * 0.05, 4)
+
+
+def test_analyze_table_and_plot_show_each_snapshot(fspd: Runner, lineage: list[str],
+                                                   tmp_path: Path) -> None:
+    s1, s2, s3 = lineage
+    plot = tmp_path / "lineage.svg"
+    result = fspd(f"fspd analyze {s1} {s2} {s3} --plot {plot}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    row = next(line for line in lines if line.startswith(s2))
+    assert "5.5 MiB" in row and "2.0 MiB" in row and "512.0 KiB" in row  # alloc, changed, unique
+    assert lines[-2].startswith("total") and "8.0 MiB stored" in lines[-2]
+    svg = ET.parse(plot).getroot()
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    points = svg.find("s:polyline[@class='size']", ns)
+    assert points is not None and len(points.get("points", "").split()) == 3
+    titles = [t.text or "" for t in svg.iterfind(".//s:circle/s:title", ns)]
+    assert [t.split()[0] for t in titles] == [s1, s2, s3]
+    assert titles[1].endswith("0.005 GiB allocated")  # 11 blocks
+    assert len(svg.findall("s:rect[@class='rate']", ns)) == 2  # a rate from the second on
+
+
+@pytest.mark.parametrize(("command", "field"), [
+    ("fspd analyze snap-0123456789abcdef0", "SNAPSHOT"),
+    ("fspd analyze {s1} {s1}", "SNAPSHOT"),
+    ("fspd analyze {s1} {other}", "SNAPSHOT"),
+    ("fspd analyze", "SNAPSHOT"),
+    ("fspd analyze {s1} --volume vol-ffffffff", "--volume"),
+    ("fspd analyze --volume vol-0123456789abcdef0", "--volume"),
+    ("fspd analyze --volume disk1", "--volume"),
+    ("fspd analyze {s1} --price -1", "--price"),
+    ("fspd analyze {s1} --plot out.png", "--plot"),
+    ("fspd analyze {s1} --plot /nonexistent/dir/out.svg", "--plot"),
+])
+def test_analyze_bad_input_exits_2_naming_the_field(fspd: Runner, lineage: list[str],
+                                                     emulator: EmulatorControl, command: str,
+                                                     field: str) -> None:
+    other = emulator.synthetic(volume_size=1, allocation="sparse", density=0.01, seed=5)
+    result = fspd(command.format(s1=lineage[0], other=other) + " --json")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["field"] == field
+    assert len(result.stderr.strip().splitlines()) == 1 and field in result.stderr
