@@ -150,7 +150,7 @@ async def _pages(reader: EbsSnapshotSource, first: str | None, second: str
 async def analyze(ctx: JobContext, target: AwsTarget, snaps: list[dict[str, Any]],
                   price_per_gib_month: float) -> list[SnapshotFigures]:
     """The figures of each snapshot of ``snaps`` (oldest first); see the module's docstring."""
-    figures = [SnapshotFigures(s["SnapshotId"], _iso(s["StartTime"]), int(s["VolumeSize"]))
+    figures = [SnapshotFigures(s["SnapshotId"], iso(s["StartTime"]), int(s["VolumeSize"]))
                for s in snaps]
     ebs = await ctx.clients.client("ebs", target)
     listings = []
@@ -220,7 +220,7 @@ async def _nonempty(listing: _Listing) -> list[tuple[int, int]] | None:
     return page
 
 
-def _iso(value: Any) -> str:
+def iso(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     return str(value)

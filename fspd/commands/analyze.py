@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plot", metavar="FILE.svg",
                    help="also write a chart of size and change rate over time (SVG)")
     g = p.add_argument_group("common options")
+    g.add_argument("-n", "--dry-run", action="store_true",
+                   help="only say which snapshots would be analysed, in which order")
     g.add_argument("--config", help="settings file (default: $FSPD_CONFIG or /etc/fspd/fspd.toml)")
     g.add_argument("-r", "--region", help="AWS region (default: AWS_REGION / profile / us-east-1)")
     g.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
@@ -73,6 +75,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     price = settings.analyze.price_per_gib_month if args.price is None else args.price
     figures = loop.run(_analyze(args, settings, price))
+    if args.dry_run:
+        return _dry_run(args, figures)
     rows = [f.as_dict() for f in figures]
     report = {
         "snapshots": rows,
@@ -124,9 +128,28 @@ async def _analyze(args: argparse.Namespace, settings: Any, price: float) -> lis
                              executor, Path(tmp))
             try:
                 snaps = await lineage.resolve(ctx, target, args.snapshot_ids, args.volume)
+                if args.dry_run:
+                    return snaps
                 return await lineage.analyze(ctx, target, snaps, price)
             finally:
                 await ctx.close()
+
+
+def _dry_run(args: argparse.Namespace, snaps: list[dict[str, Any]]) -> int:
+    """The lineage as DescribeSnapshots gives it, oldest first; nothing is listed."""
+    from fspd.lineage import iso
+
+    rows = [{"snapshot_id": s["SnapshotId"], "start_time": iso(s["StartTime"]),
+             "volume_size_gib": int(s["VolumeSize"])} for s in snaps]
+    if args.json or args.csv:
+        print(json.dumps({"dry_run": True, "snapshots": rows, "listings": len(rows)},
+                         indent=2))
+    elif not getattr(args, "quiet", False):
+        for r in rows:
+            print(f"{r['snapshot_id']}  {r['start_time']}  {r['volume_size_gib']} GiB")
+        print(f"dry run: would stream {len(rows)} listings (ListSnapshotBlocks for the first, "
+              "ListChangedBlocks against the previous for each other)")
+    return 0
 
 
 def _table(report: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 from fspd.emulator.control import EmulatorControl
+from tests.cli._readme import readme_command, typed
 from tests.cli.conftest import Runner
 
 BLOCK = 512 * 1024
@@ -110,6 +111,30 @@ def test_analyze_table_and_plot_show_each_snapshot(fspd: Runner, lineage: list[s
     assert [t.split()[0] for t in titles] == [s1, s2, s3]
     assert titles[1].endswith("0.005 GiB allocated")  # 11 blocks
     assert len(svg.findall("s:rect[@class='rate']", ns)) == 2  # a rate from the second on
+
+
+def test_readme_analyze_line_reports_the_volume_and_draws_its_chart(
+        fspd: Runner, lineage: list[str], tmp_path: Path) -> None:
+    line = typed(readme_command("analyze"), {"vol-0123456789abcdef0": "vol-ffffffff"})
+    result = fspd(line)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:4]] == lineage
+    assert "cost at 0.05 USD per GiB-month" in result.stdout
+    chart = ET.parse(tmp_path / "sizes.svg").getroot()
+    assert len(chart.findall("{http://www.w3.org/2000/svg}circle")) == 3
+
+
+def test_analyze_dry_run_names_the_lineage_in_time_order_and_lists_nothing(
+        fspd: Runner, lineage: list[str], emulator: EmulatorControl) -> None:
+    s1, s2, s3 = lineage
+    emulator.reset_stats()
+    result = fspd(f"fspd analyze {s2} {s3} {s1} --dry-run --json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dry_run"] is True
+    assert [r["snapshot_id"] for r in report["snapshots"]] == [s1, s2, s3]
+    calls = emulator.stats()["requests"]
+    assert not calls.get("ListSnapshotBlocks") and not calls.get("ListChangedBlocks"), calls
 
 
 @pytest.mark.parametrize(("command", "field"), [

@@ -446,6 +446,7 @@ PROVEN = {
     "demo": "tests/daemon/test_demo_and_units.py",
     "sync": "tests/cli/test_wrong_results.py",
     "completion": "tests/cli/test_cli_conventions.py",
+    "analyze": "tests/cli/test_analyze.py",
 }
 
 
