@@ -30,7 +30,7 @@ def _nice(top: float) -> float:
     if top <= 0:
         return 1.0
     step = 10 ** math.floor(math.log10(top))
-    for mult in (1, 2, 2.5, 5, 10):
+    for mult in (1, 2, 4, 8, 10):  # quarters of these are round too (the grid has four)
         if mult * step >= top:
             return mult * step
     return 10 * step
@@ -57,8 +57,11 @@ def svg(rows: Sequence[dict[str, Any]], title: str) -> str:
     rate_max = _nice(max([r for r in rate if r is not None], default=0.0))
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
+    bar = max(4.0, min(24.0, pw / max(1, len(rows)) * 0.5))
+    inner = pw - 2 * bar  # end bars stay inside the axes
+
     def x(t: float) -> float:
-        return LEFT + (pw * (t - t0) / span if len(rows) > 1 else pw / 2)
+        return LEFT + bar + (inner * (t - t0) / span if len(rows) > 1 else inner / 2)
 
     def y(value: float, top: float) -> float:
         return TOP + ph * (1 - value / top)
@@ -81,7 +84,6 @@ def svg(rows: Sequence[dict[str, Any]], title: str) -> str:
     out.append(f'<text x="{W - 14}" y="{TOP + ph / 2}" fill="{RATE_COLOUR}" '
                f'text-anchor="middle" transform="rotate(90 {W - 14} {TOP + ph / 2})">'
                'stored GiB per day</text>')
-    bar = max(4.0, min(24.0, pw / max(1, len(rows)) * 0.5))
     for row, t, r in zip(rows, times, rate, strict=True):
         if r is None:
             continue
@@ -100,6 +102,13 @@ def svg(rows: Sequence[dict[str, Any]], title: str) -> str:
                    f'{escape(row["start_time"])}: {s:.3f} GiB allocated</title></circle>')
     out.append(f'<line x1="{LEFT}" y1="{TOP + ph}" x2="{LEFT + pw}" y2="{TOP + ph}" '
                'stroke="#333"/>')
+    out.append(f'<g class="legend"><line x1="{LEFT + 10}" y1="{TOP + 10}" x2="{LEFT + 30}" '
+               f'y2="{TOP + 10}" stroke="{SIZE_COLOUR}" stroke-width="2"/>'
+               f'<text x="{LEFT + 36}" y="{TOP + 14}">allocated GiB</text>'
+               f'<rect x="{LEFT + 140}" y="{TOP + 4}" width="12" height="12" '
+               f'fill="{RATE_COLOUR}" opacity="0.7"/>'
+               f'<text x="{LEFT + 158}" y="{TOP + 14}">stored GiB per day since the previous '
+               'snapshot</text></g>')
     for t in sorted({times[0], times[-1]}):
         label = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
         out.append(f'<text x="{x(t):.1f}" y="{TOP + ph + 16}" text-anchor="middle">'
