@@ -100,6 +100,7 @@ class AnalyzeSettings(_Section):
     # (AWS's "GB-month"), list price in us-east-1 as recorded on price_date. Set your region's.
     price_per_gib_month: float = Field(0.05, ge=0, le=100)
     price_date: str = Field("2026-12-01", max_length=40)
+    describe_page_size: int = Field(1000, ge=5, le=1000)  # --volume: DescribeSnapshots page
 
 
 class DaemonSettings(_Section):

@@ -89,7 +89,7 @@ async def _volume_snapshots(ctx: JobContext, target: AwsTarget, volume_id: str
     token: str | None = None
     while True:
         params: dict[str, Any] = {
-            "OwnerIds": ["self"], "MaxResults": 1000,
+            "OwnerIds": ["self"], "MaxResults": ctx.settings.analyze.describe_page_size,
             "Filters": [{"Name": "volume-id", "Values": [volume_id]},
                         {"Name": "status", "Values": ["completed"]}]}
         if token:

@@ -217,3 +217,24 @@ def test_analyze_streams_a_16_tib_lineage_within_256_mib(
     assert peak <= LIMIT_MIB, f"peak RSS {peak:.0f} MiB"
     assert peak - base <= GROWTH_MIB, (f"peak RSS {peak:.0f} MiB for 16 TiB vs {base:.0f} MiB "
                                        "for 1 GiB: the listings are not streamed")
+
+
+
+def test_analyze_volume_follows_every_describe_snapshots_page(
+        fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
+    """Twelve snapshots, each a child of the one before, in pages of five
+    (``[analyze] describe_page_size``): all three pages are read, and all twelve listings
+    merged in one pass."""
+    snaps = [emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=60)]
+    for k in range(11):
+        snaps.append(emulator.synthetic(volume_size=1, allocation="sparse", density=0.01,
+                                        seed=61 + k, parent_snapshot_id=snaps[-1]))
+    config = tmp_path / "pages.toml"
+    config.write_text("[analyze]\ndescribe_page_size = 5\n")
+    emulator.reset_stats()
+    result = fspd(f"fspd analyze --volume vol-ffffffff --json --config {config}")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["snapshots"]
+    assert [r["snapshot_id"] for r in rows] == snaps
+    assert emulator.stats()["requests"]["DescribeSnapshots"] == 3
+    assert rows[-1]["unique_blocks"] == rows[-1]["new_blocks"] > 0
