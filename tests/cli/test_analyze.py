@@ -201,6 +201,7 @@ def _synthetic_lineage(emulator: EmulatorControl, size_gib: int, density: float,
     return [s1, s2, s3]
 
 
+@pytest.mark.timeout(600)  # two listings of ~470,000 entries: a minute or more on 2 cores
 def test_analyze_streams_a_16_tib_lineage_within_256_mib(
         fspd: Runner, emulator: EmulatorControl, tmp_path: Path) -> None:
     tiny = _synthetic_lineage(emulator, 1, 0.01, seed=40)
