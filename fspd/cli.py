@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "fspd.commands.archive",
     "fspd.commands.daemon",
     "fspd.commands.ui",
+    "fspd.commands.analyze",
     "fspd.commands.completion",
     "fspd.emulator.cli",
 )

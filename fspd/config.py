@@ -114,6 +114,12 @@ def parse_listen(value: str) -> tuple[str, int]:
                              "only; from another machine use ssh -L (see `fspd ui`)")
     return host, int(port_text)
 
+class AnalyzeSettings(_Section):
+    # ``fspd analyze``'s monthly cost: EBS snapshot storage, standard tier, USD per GiB-month
+    # (AWS's "GB-month"), list price in us-east-1 as recorded on price_date. Set your region's.
+    price_per_gib_month: float = Field(0.05, ge=0, le=100)
+    price_date: str = Field("2026-12-01", max_length=40)
+    describe_page_size: int = Field(1000, ge=5, le=1000)  # --volume: DescribeSnapshots page
 
 
 class DaemonSettings(_Section):
@@ -154,6 +160,7 @@ class Settings(_Section):
     aws: AwsSettings = AwsSettings()
     s3: S3Settings = S3Settings()
     daemon: DaemonSettings = DaemonSettings()
+    analyze: AnalyzeSettings = AnalyzeSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

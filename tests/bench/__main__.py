@@ -31,7 +31,7 @@ from fspd.blocks import BLOCK_SIZE
 from fspd.config import AwsSettings, RetrySettings, Settings, TransferSettings
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 from fspd.run import run_job
-from tests.bench import cores, floors
+from tests.bench import cores, floors, plots
 from tests.bench.fsp_style import fsp_style_download
 from tests.bench.measure import Cost, measure
 from tests.bench.whole import WholeProcess
@@ -251,7 +251,7 @@ class Bench:
             cost = await self._download_n(spec, settings(fetch_concurrency=in_flight), blocks)
         finally:
             self.ctl.clear_faults()
-        bound = min(in_flight * 1000 / latency_ms, 1000)
+        bound = min(in_flight * 1000 / latency_ms, 1000) if latency_ms else 1000
         achieved = blocks / cost.wall_s
         return {"latency_ms": latency_ms, "in_flight": in_flight, "bound": bound,
                 "achieved": achieved, "ratio": achieved / bound}
@@ -438,6 +438,8 @@ def whole_rows(args: argparse.Namespace, emu: EmulatorProcess, ctl: EmulatorCont
 async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path) -> None:
     bench = Bench(emu, work, args.blocks)
     bench.reps = args.reps
+    if args.plot:
+        plots.remember_memory(bench)  # the charts reuse the memory cases measured here
     # tmpfs for the latency/throttle/memory targets: they measure fspd, not this disk.
     bench.shm = Path(tempfile.mkdtemp(prefix="fspd-bench-", dir="/dev/shm")) \
         if os.path.isdir("/dev/shm") else work
@@ -503,6 +505,8 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
               f"{r['peak_rss_mib']:.0f} MiB (target <= {r['target_peak_mib']}), after "
               f"{r['after_rss_mib']:.0f} MiB (target <= idle + 64 = "
               f"{r['target_after_mib']:.0f})   {met}")
+        if args.plot:
+            await plots.run(bench, args, machine())
     finally:
         if bench.shm != work:
             shutil.rmtree(bench.shm, ignore_errors=True)
@@ -533,7 +537,14 @@ def main() -> int:
     parser.add_argument("--whole-reps", type=int, default=1,
                         help="runs per whole-process contender (cheapest kept)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
+    parser.add_argument("--plot", metavar="DIR", help="also measure a latency sweep and RSS by "
+                        "volume size, and write charts (PNG, SVG) to DIR (needs '.[bench]')")
     args = parser.parse_args()
+    if args.plot:
+        try:
+            plots.need_matplotlib()
+        except plots.PlotError as exc:
+            parser.error(str(exc))
     if args.quick:
         args.blocks, args.latency_blocks, args.memory_blocks = 128, 60, 200
         args.throttle_blocks = 256

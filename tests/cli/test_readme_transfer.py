@@ -447,6 +447,7 @@ PROVEN = {
     "sync": "tests/cli/test_wrong_results.py",
     "completion": "tests/cli/test_cli_conventions.py",
     "ui": "tests/cli/test_web_view_cli.py",
+    "analyze": "tests/cli/test_analyze.py",
 }
 
 
