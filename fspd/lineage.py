@@ -32,7 +32,7 @@ from typing import Any
 
 from fspd.aws import AwsTarget, call
 from fspd.blocks import BLOCK_SIZE
-from fspd.endpoints.context import JobContext
+from fspd.context import JobContext
 from fspd.endpoints.ebs import EbsSnapshotSource, describe_snapshot
 from fspd.errors import BadInput, TransferFailed
 

@@ -110,29 +110,18 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 async def _analyze(args: argparse.Namespace, settings: Any, price: float) -> list[Any]:
-    import tempfile
-    from concurrent.futures import ThreadPoolExecutor
-
     from fspd import lineage
-    from fspd.aws import AwsClients, AwsTarget
-    from fspd.endpoints.context import JobContext
-    from fspd.progress import Progress
-    from fspd.run import default_region
+    from fspd.aws import AwsTarget
+    from fspd.context import job_context
+    from fspd.endpoints.registry import default_region
 
     target = AwsTarget(region=args.region or default_region(args.profile),
                        profile=args.profile, endpoint_url=args.endpoint_url)
-    with tempfile.TemporaryDirectory(prefix="fspd-analyze-") as tmp, \
-            ThreadPoolExecutor(1, thread_name_prefix="fspd-analyze") as executor:
-        async with AwsClients(settings) as clients:
-            ctx = JobContext("analyze", settings, clients, Progress(job_id="analyze"),
-                             executor, Path(tmp))
-            try:
-                snaps = await lineage.resolve(ctx, target, args.snapshot_ids, args.volume)
-                if args.dry_run:
-                    return snaps
-                return await lineage.analyze(ctx, target, snaps, price)
-            finally:
-                await ctx.close()
+    async with job_context("analyze", settings, name="analyze") as ctx:
+        snaps = await lineage.resolve(ctx, target, args.snapshot_ids, args.volume)
+        if args.dry_run:
+            return snaps
+        return await lineage.analyze(ctx, target, snaps, price)
 
 
 def _dry_run(args: argparse.Namespace, snaps: list[dict[str, Any]]) -> int:

@@ -4,6 +4,7 @@ snapshots, introspection, stats."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -11,13 +12,13 @@ from aiohttp import web
 from fspd.emulator import config as cfgmod
 from fspd.emulator.ebs import default_kms_arn
 from fspd.emulator.state import State
-from fspd.emulator.store import Snapshot, new_snapshot_id
+from fspd.emulator.store import EBS_DIRECT_VOLUME, Snapshot, new_snapshot_id
 from fspd.emulator.synthetic import Synthetic
 
 IMAGE_MAX = 256 * 1024 * 1024
 _SYNTHETIC_KEYS = {"region", "volume_size", "allocation", "density", "zero_fraction", "seed",
                    "encrypted", "parent_snapshot_id", "description", "tags", "owner_id",
-                   "kms_key_arn"}
+                   "kms_key_arn", "volume_id"}
 
 
 class BadRequest(Exception):
@@ -79,6 +80,9 @@ def _synthetic(state: State, spec: dict[str, Any]) -> Snapshot:
         kms = parent.kms_key_arn
     elif encrypted and not kms:
         kms = default_kms_arn(region, owner)
+    volume_id = spec.get("volume_id", EBS_DIRECT_VOLUME)
+    if not isinstance(volume_id, str) or not re.fullmatch(r"vol-[0-9a-f]{8,17}", volume_id):
+        raise BadRequest("volume_id must look like vol-0123456789abcdef0")
     tags = spec.get("tags") or {}
     if not isinstance(tags, dict):
         raise BadRequest("tags must be an object {key: value}")
@@ -89,7 +93,7 @@ def _synthetic(state: State, spec: dict[str, Any]) -> Snapshot:
         encrypted=encrypted, kms_key_arn=kms if encrypted else None,
         sse_type=("sse-kms" if spec.get("kms_key_arn") else "sse-ebs") if encrypted else "none",
         tags=[{"Key": str(k), "Value": str(v)} for k, v in tags.items()],
-        description=spec.get("description"), synthetic=synth))
+        description=spec.get("description"), synthetic=synth, volume_id=volume_id))
 
 
 def add_routes(app: web.Application, key: web.AppKey[State]) -> None:

@@ -53,7 +53,7 @@ def _iso(ts: float) -> str:
 def _item(snap: Snapshot) -> str:
     parts = [
         f"<snapshotId>{snap.id}</snapshotId>",
-        "<volumeId>vol-ffffffff</volumeId>",
+        f"<volumeId>{snap.volume_id}</volumeId>",
         f"<status>{snap.status()}</status>",
         f"<startTime>{_iso(snap.start_time)}</startTime>",
         f"<progress>{snap.progress_pct()}%</progress>",
@@ -86,7 +86,7 @@ def _matches(snap: Snapshot, name: str, values: list[str]) -> bool:
     if name == "description":
         return (snap.description or "") in values
     if name == "volume-id":
-        return "vol-ffffffff" in values
+        return snap.volume_id in values
     if name.startswith("tag:"):
         key = name[4:]
         return any(t["Key"] == key and t["Value"] in values for t in snap.tags)

@@ -29,6 +29,8 @@ def new_snapshot_id() -> str:
     return "snap-" + secrets.token_hex(9)[:17]
 
 
+EBS_DIRECT_VOLUME = "vol-ffffffff"  # what DescribeSnapshots shows for EBS direct snapshots
+
 @dataclass
 class Snapshot:
     id: str
@@ -41,6 +43,9 @@ class Snapshot:
     sse_type: str = "none"
     tags: list[dict[str, str]] = field(default_factory=list)
     description: str | None = None
+    # Snapshots made through the EBS direct APIs name no volume (AWS shows vol-ffffffff);
+    # synthetic ones may stand for snapshots of a real volume.
+    volume_id: str = EBS_DIRECT_VOLUME
     timeout_s: float = 3600.0
     start_time: float = field(default_factory=time.time)
     # Timeout counts from the last block written (or the start, before any): a snapshot that

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from fspd.emulator.control import EmulatorControl
 from tests.cli._readme import readme_command, typed
 from tests.cli.conftest import Runner
+from tests.waiting import wait_until
 
 BLOCK = 512 * 1024
 MIB_PER_BLOCK = 0.5
@@ -226,14 +228,23 @@ def test_analyze_volume_follows_every_describe_snapshots_page(
     """Twelve snapshots, each a child of the one before, in pages of five
     (``[analyze] describe_page_size``): all three pages are read, and all twelve listings
     merged in one pass."""
-    snaps = [emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=60)]
+    volume = "vol-0a1b2c3d4e5f60718"  # a volume's snapshots, beside one of no volume
+    emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=59)
+
+    def after_the_last(**spec: object) -> str:
+        # StartTime has millisecond resolution: two snapshots made within one millisecond
+        # have no order, so each is made once the clock has moved past the one before.
+        last = time.time()
+        wait_until(lambda: time.time() >= last + 0.002, None, "the clock to move", timeout=5)
+        return emulator.synthetic(volume_size=1, allocation="sparse", volume_id=volume, **spec)
+
+    snaps = [after_the_last(density=0.05, seed=60)]
     for k in range(11):
-        snaps.append(emulator.synthetic(volume_size=1, allocation="sparse", density=0.01,
-                                        seed=61 + k, parent_snapshot_id=snaps[-1]))
+        snaps.append(after_the_last(density=0.01, seed=61 + k, parent_snapshot_id=snaps[-1]))
     config = tmp_path / "pages.toml"
     config.write_text("[analyze]\ndescribe_page_size = 5\n")
     emulator.reset_stats()
-    result = fspd(f"fspd analyze --volume vol-ffffffff --json --config {config}")
+    result = fspd(f"fspd analyze --volume {volume} --json --config {config}")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["snapshots"]
     assert [r["snapshot_id"] for r in rows] == snaps
