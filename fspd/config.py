@@ -113,6 +113,9 @@ class DaemonSettings(_Section):
     event_interval_s: float = Field(0.5, ge=0.05, le=60)  # (reload) progress event period
     history: int = Field(1000, ge=0, le=100_000)  # (reload) finished jobs kept in memory
     watchdog: bool = True  # send WATCHDOG=1 when systemd sets WATCHDOG_USEC
+    # Worker processes that run the jobs; 0 = one per CPU the service may use
+    # (os.sched_getaffinity). Restart to change.
+    workers: int = Field(0, ge=0, le=256)
 
 
 class Settings(_Section):
