@@ -223,7 +223,7 @@ class WorkerPool:
                 w.proc.send_signal(signal.SIGTERM)
         waits = [asyncio.create_task(w.proc.wait()) for w in workers]
         if waits:
-            _done, pending = await asyncio.wait(waits, timeout=grace_s)
+            await asyncio.wait(waits, timeout=grace_s)
             for w in workers:
                 if w.proc.returncode is None:
                     log.warning("worker_stop_timeout", worker=w.index, pid=w.pid)

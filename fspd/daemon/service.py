@@ -118,17 +118,21 @@ class Service:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._prepare_dirs()
-        await self._listen()
-        self.watcher.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
-        try:
+        try:  # before the socket listens: a daemon that answers has its workers
             await self.scheduler.pool.start()
         except (OSError, RuntimeError) as exc:
             await self.scheduler.pool.close(1.0)
             raise BadInput(f"cannot start the worker processes: {exc}",
                            field="daemon.workers") from None
+        try:
+            await self._listen()
+        except BaseException:
+            await self.scheduler.pool.close(1.0)
+            raise
+        self.watcher.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         await self.scheduler.scan()
         logger.info("daemon_ready", socket=self.socket_path, spool=str(self.spool.root),
                     inotify=self.watcher.using_inotify, pid=os.getpid())

@@ -229,8 +229,11 @@ class SharedBandwidth(Bandwidth):
         if self.region.rate <= 0:
             return
         async with self._lock:  # FIFO among this worker's waiters
-            while (delay := self.region.take_bytes(nbytes)) > 0:
-                await asyncio.sleep(delay)
+            while True:
+                delay = self.region.take_bytes(nbytes)
+                if delay <= 0:
+                    return
+                await asyncio.sleep(delay)  # tokens refill with time: nothing to wait on
 
 
 class SharedBlockBudget(BlockBudget):

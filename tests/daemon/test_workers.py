@@ -1,0 +1,178 @@
+"""``fspd serve`` with worker processes: jobs run in the workers the status lists, the global
+limits hold across them (the emulator's throttling counters, bytes over time), a worker
+killed with SIGKILL loses no job, and SIGTERM and a SIGHUP's reload reach every worker."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fspd.daemon.scheduler import engine_job_id
+from fspd.emulator.control import EmulatorControl
+from tests.checkpoints import durable_blocks
+from tests.daemon.conftest import (
+    Daemon,
+    assert_file_is_snapshot,
+    download_job,
+    wait_for,
+    write_config,
+)
+
+MIB = 1 << 20
+
+
+def _daemon(make_daemon: Callable[..., Daemon], tmp_path: Path, text: str,
+            *args: str) -> Daemon:
+    config = write_config(tmp_path / "workers.toml", text)
+    return make_daemon("--config", str(config), "--workers", "2", "--rescan-interval", "1",
+                       *args)
+
+
+def _workers(d: Daemon) -> list[dict[str, Any]]:
+    return d.api("/v1/status")["workers"]
+
+
+def _children(pid: int) -> set[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    out: set[int] = set()
+    for task in tasks.iterdir():
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def _log_events(d: Daemon, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in d.log().splitlines():
+        if f'"{event}"' in line and line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def _both_workers_busy(d: Daemon) -> bool:
+    return [w["jobs"] for w in _workers(d)] == [1, 1]
+
+
+def test_jobs_run_in_the_worker_processes_the_status_lists(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
+    d = _daemon(make_daemon, tmp_path, "[transfer]\nfetch_concurrency = 2\n")
+    assert d.proc is not None
+    workers = _workers(d)
+    assert [w["index"] for w in workers] == [0, 1]
+    assert {w["pid"] for w in workers} <= _children(d.proc.pid)  # its own child processes
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=131)
+    emulator.faults(latency_ms=20, operations=["GetSnapshotBlock"])
+    jobs = [d.submit(download_job(emulator, snap, tmp_path / f"{n}.img"), f"{n}.toml")
+            for n in ("a", "b")]
+    wait_for(lambda: _both_workers_busy(d), 30, "one job in each worker (fewest jobs first)")
+    emulator.clear_faults()
+    for job in jobs:
+        assert d.wait_finished(job, 60) == "done", d.log()
+    assert_file_is_snapshot(emulator, snap, tmp_path / "a.img")
+    assert filecmp.cmp(tmp_path / "a.img", tmp_path / "b.img", shallow=False)
+    busy = [w for w in _workers(d) if w["cpu_s"] > 0]
+    assert len(busy) == 2, _workers(d)
+
+
+def test_two_jobs_on_one_snapshot_in_two_workers_never_exceed_its_pace(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
+    """The emulator allows 40 Gets/s on a snapshot; the daemon paces each snapshot at 30/s.
+    Two jobs on it, one in each worker, must share that pace (60/s if each kept its own):
+    not one throttle."""
+    emulator.config(get_rate=40.0, burst_seconds=0.25)
+    d = _daemon(make_daemon, tmp_path, "[transfer]\nper_snapshot_rps = 30.0\n"
+                "fetch_concurrency = 16\n[retry]\nmax_throttle_attempts = 1000\n")
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.06, seed=132)
+    emulator.reset_stats()
+    jobs = [d.submit(download_job(emulator, snap, tmp_path / f"{n}.img"), f"{n}.toml")
+            for n in ("a", "b")]
+    wait_for(lambda: _both_workers_busy(d), 30, "one job in each worker")
+    for job in jobs:
+        assert d.wait_finished(job, 120) == "done", d.log()
+    assert_file_is_snapshot(emulator, snap, tmp_path / "a.img")
+    assert filecmp.cmp(tmp_path / "a.img", tmp_path / "b.img", shallow=False)
+    stats = emulator.stats()
+    blocks = d.sidecar("done", jobs[0])["progress"]["blocks_done"]
+    assert stats["by_snapshot"][snap]["GetSnapshotBlock"] >= 2 * blocks > 100
+    assert stats["throttled"] == 0, stats
+
+
+def test_bandwidth_cap_holds_across_workers(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
+    """Two jobs in two workers under one 8 MiB/s cap move at most 8 MiB/s together (within
+    5 %, plus the bucket's half second of burst), and not much less (it is not split)."""
+    cap = 8 * MIB
+    d = _daemon(make_daemon, tmp_path, "", "--bandwidth", "8M")
+    snaps = [emulator.synthetic(volume_size=1, allocation="sparse", density=0.025, seed=s)
+             for s in (133, 134)]
+    jobs = [d.submit(download_job(emulator, s, tmp_path / f"{i}.img"), f"{i}.toml")
+            for i, s in enumerate(snaps)]
+    wait_for(lambda: _both_workers_busy(d), 30, "one job in each worker")
+    records = []
+    for job, snap, i in zip(jobs, snaps, range(2), strict=True):
+        assert d.wait_finished(job, 120) == "done", d.log()
+        assert_file_is_snapshot(emulator, snap, tmp_path / f"{i}.img")
+        records.append(d.sidecar("done", job))
+    moved = sum(r["progress"]["bytes_done"] for r in records)
+    span = (max(r["finished_at"] for r in records) - min(r["started_at"] for r in records))
+    assert moved >= 40 * MIB
+    assert moved <= 1.05 * cap * span + 0.5 * cap, (moved, span)
+    assert moved >= 0.75 * cap * span, (moved, span)
+
+
+def test_a_worker_killed_mid_job_loses_nothing(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
+    d = _daemon(make_daemon, tmp_path, "[transfer]\nfetch_concurrency = 2\n"
+                "checkpoint_interval_s = 0.1\n")
+    assert d.proc is not None
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=135)
+    emulator.faults(latency_ms=100, operations=["GetSnapshotBlock"])  # ~20 blocks/s
+    job = d.submit(download_job(emulator, snap, tmp_path / "k.img"), "k.toml")
+    checkpoint = d.root / "state" / "jobs" / engine_job_id(job) / "checkpoint.json"
+    wait_for(lambda: durable_blocks(checkpoint) >= 4, 60, "a checkpoint with durable blocks")
+    (victim,) = [w for w in _workers(d) if w["jobs"] == 1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_for(lambda: _log_events(d, "job_worker_lost"), 30, "the daemon to notice")
+    emulator.clear_faults()
+    assert d.wait_finished(job, 120) == "done", d.log()
+    assert_file_is_snapshot(emulator, snap, tmp_path / "k.img")
+    assert d.proc.poll() is None  # the daemon stayed up
+    result = d.sidecar("done", job)
+    assert result["progress"]["blocks_resumed"] > 0, result  # resumed, not started over
+    pids = wait_for(lambda: len(w := _workers(d)) == 2 and {x["pid"] for x in w}, 30,
+                    "a new worker in the dead one's place")
+    assert victim["pid"] not in pids
+    assert pids <= _children(d.proc.pid)
+
+
+def test_sigterm_and_sighup_reach_every_worker(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
+    d = _daemon(make_daemon, tmp_path, "[transfer]\nfetch_concurrency = 1\n")
+    assert d.proc is not None
+    pids = {w["pid"] for w in _workers(d)}
+    assert len(pids) == 2
+    config = tmp_path / "workers.toml"
+    write_config(config, 'log_level = "debug"\n[transfer]\nfetch_concurrency = 1\n')
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: {e["pid"] for e in _log_events(d, "worker_reloaded")} == pids, 30,
+             "every worker to apply the reload")
+    assert {e["log_level"] for e in _log_events(d, "worker_reloaded")} == {"debug"}
+
+    snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=136)
+    emulator.faults(latency_ms=100, operations=["GetSnapshotBlock"])
+    jobs = [d.submit(download_job(emulator, snap, tmp_path / f"{n}.img"), f"{n}.toml")
+            for n in ("a", "b")]
+    wait_for(lambda: _both_workers_busy(d), 30, "one job in each worker")
+    assert d.stop() == 0
+    stopped = {e["pid"] for e in _log_events(d, "worker_stopping")
+               if e.get("signal") == "SIGTERM"}
+    assert stopped == pids
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(
+            f"/proc/{pid}/stat").read_text().split()[2]
+    for job in jobs:  # put back, to run again at the next start
+        assert (d.spool.box("new") / job).exists(), d.log()
