@@ -8,6 +8,7 @@ import filecmp
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,25 +104,33 @@ def test_two_jobs_on_one_snapshot_in_two_workers_never_exceed_its_pace(
 
 def test_bandwidth_cap_holds_across_workers(
         make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
-    """Two jobs in two workers under one 8 MiB/s cap move at most 8 MiB/s together (within
-    5 %, plus the bucket's half second of burst), and not much less (it is not split)."""
-    cap = 8 * MIB
-    d = _daemon(make_daemon, tmp_path, "", "--bandwidth", "8M")
-    snaps = [emulator.synthetic(volume_size=1, allocation="sparse", density=0.025, seed=s)
+    """Two jobs in two workers under one 16 MiB/s cap move 16 MiB/s together, within 5 %:
+    the bytes both have done, sampled through the socket, from well after the bucket's
+    initial burst (half a second of the cap) until the last blocks."""
+    cap = 16 * MIB
+    # Two blocks in flight per job: blocks admitted but not yet counted done skew a sample
+    # by at most 2 MiB (the window moves ~90 MiB).
+    d = _daemon(make_daemon, tmp_path, "[transfer]\nfetch_concurrency = 2\n",
+                "--bandwidth", "16M")
+    snaps = [emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=s)
              for s in (133, 134)]
     jobs = [d.submit(download_job(emulator, s, tmp_path / f"{i}.img"), f"{i}.toml")
             for i, s in enumerate(snaps)]
-    wait_for(lambda: _both_workers_busy(d), 30, "one job in each worker")
-    records = []
-    for job, snap, i in zip(jobs, snaps, range(2), strict=True):
-        assert d.wait_finished(job, 120) == "done", d.log()
-        assert_file_is_snapshot(emulator, snap, tmp_path / f"{i}.img")
-        records.append(d.sidecar("done", job))
-    moved = sum(r["progress"]["bytes_done"] for r in records)
-    span = (max(r["finished_at"] for r in records) - min(r["started_at"] for r in records))
-    assert moved >= 40 * MIB
-    assert moved <= 1.05 * cap * span + 0.5 * cap, (moved, span)
-    assert moved >= 0.75 * cap * span, (moved, span)
+    samples: list[tuple[float, int]] = []
+
+    def sample() -> bool:
+        done = [d.api(f"/v1/jobs/{job}", missing_ok=True) for job in jobs]
+        samples.append((time.monotonic(), sum(j["bytes_done"] for j in done if j)))
+        return all(j and j["state"] == "completed" for j in done)
+
+    wait_for(sample, 120, "both jobs to complete")
+    assert max(w["jobs"] for w in _workers(d)) <= 1  # they ran in different workers
+    moved = samples[-1][1]
+    assert moved >= 90 * MIB
+    window = [(t, b) for t, b in samples if cap <= b <= moved - 4 * MIB]
+    (t0, b0), (t1, b1) = window[0], window[-1]
+    rate = (b1 - b0) / (t1 - t0)
+    assert 0.95 * cap <= rate <= 1.05 * cap, (rate / cap, len(window))
 
 
 def test_a_worker_killed_mid_job_loses_nothing(
