@@ -40,6 +40,7 @@ from fspd.daemon.shared import SharedRegion, WorkerLimits
 from fspd.errors import FspdError
 from fspd.memory import trim
 from fspd.progress import Progress, StageStats
+from fspd.run import run_job  # at start: a worker is ready for its first job
 
 PROGRESS_INTERVAL_S = 0.1
 MAX_MESSAGE = 64 << 20
@@ -174,8 +175,6 @@ class Worker:
 
     async def _job(self, key: int, spec: Any, settings: Any, engine_id: str, state_dir: Path,
                    progress: Progress, control: JobControl) -> None:
-        from fspd.run import run_job
-
         outcome: str
         payload: Any = None
         try:
