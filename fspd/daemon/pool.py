@@ -102,6 +102,7 @@ class WorkerHandle:
     attempts: dict[int, Attempt] = field(default_factory=dict)
     cpu_s: float = 0.0
     loop_cpu_s: float = 0.0
+    blocks_done: int = 0  # by the jobs (attempts) it finished
     alive: bool = True
     reader_task: asyncio.Task[None] | None = None
 
@@ -115,8 +116,8 @@ class WorkerHandle:
 
     def status(self) -> dict[str, Any]:
         return {"index": self.index, "pid": self.pid, "jobs": len(self.attempts),
-                "blocks_per_s": round(self.blocks_per_s, 1), "cpu_s": round(self.cpu_s, 3),
-                "loop_cpu_s": round(self.loop_cpu_s, 3)}
+                "blocks_per_s": round(self.blocks_per_s, 1), "blocks_done": self.blocks_done,
+                "cpu_s": round(self.cpu_s, 3), "loop_cpu_s": round(self.loop_cpu_s, 3)}
 
 
 class WorkerPool:
@@ -185,6 +186,7 @@ class WorkerPool:
             elif op == "done":
                 apply_state(attempt.progress, message[4])
                 w.attempts.pop(message[1], None)
+                w.blocks_done += attempt.progress.blocks_done
                 if not attempt.done.done():
                     attempt.done.set_result((message[2], message[3]))
         await self._lost(w)

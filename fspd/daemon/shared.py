@@ -47,6 +47,8 @@ MAX_WORKERS = 256
 PACING_SLOTS = 4096  # request streams paced at once (each slot is 16 bytes)
 PACING_STALE_S = 60.0  # a stream idle this long gives its slot up to a new one
 MEMORY_POLL_S = 0.002  # a worker waiting for units another worker frees looks this often
+TARGET_SLOTS = 1024  # target files locked by jobs at once that the table can name
+JOB_ID_BYTES = 64  # engine job ids are at most 64 characters
 
 
 class _Layout(ctypes.Structure):
@@ -58,6 +60,10 @@ class _Layout(ctypes.Structure):
         ("mem_held", ctypes.c_int64 * MAX_WORKERS),
         ("pace_key", ctypes.c_uint64 * PACING_SLOTS),
         ("pace_next", ctypes.c_double * PACING_SLOTS),
+        ("lock_owner", ctypes.c_int64 * TARGET_SLOTS),  # worker index + 1; 0 = free
+        ("lock_dev", ctypes.c_uint64 * TARGET_SLOTS),
+        ("lock_ino", ctypes.c_uint64 * TARGET_SLOTS),
+        ("lock_job", (ctypes.c_char * JOB_ID_BYTES) * TARGET_SLOTS),
     ]
 
 
@@ -169,6 +175,9 @@ class SharedRegion:
             s.mem_held[worker] = 0
             if s.mem_blocker == worker:
                 s.mem_blocker, s.mem_blocker_n = -1, 0
+            for i in range(TARGET_SLOTS):
+                if s.lock_owner[i] == worker + 1:
+                    s.lock_owner[i] = 0
         return n
 
     # --- request pacing ------------------------------------------------------------------
@@ -201,6 +210,46 @@ class SharedRegion:
             return start
         s.pace_key[i], s.pace_next[i] = key, 0.0
         return i
+
+
+class SharedTargetLocks:
+    """Which job holds the lock on a target file, across every worker: the table that
+    fspd/endpoints/files.py keeps per process (``_LOCKED``, (st_dev, st_ino) -> job id), so
+    that a job refused a target names the job of another worker that writes it."""
+
+    def __init__(self, region: SharedRegion, worker: int) -> None:
+        self.region = region
+        self.owner = worker + 1
+
+    def _index(self, s: _Layout, key: tuple[int, int]) -> int:
+        for i in range(TARGET_SLOTS):
+            if s.lock_owner[i] and (s.lock_dev[i], s.lock_ino[i]) == key:
+                return i
+        return -1
+
+    def get(self, key: tuple[int, int], default: str | None = None) -> str | None:
+        with self.region.locked() as s:
+            i = self._index(s, key)
+            return s.lock_job[i].value.decode() if i >= 0 else default
+
+    def __setitem__(self, key: tuple[int, int], job: str) -> None:
+        with self.region.locked() as s:
+            i = self._index(s, key)
+            if i < 0:
+                free = [j for j in range(TARGET_SLOTS) if not s.lock_owner[j]]
+                if not free:
+                    return  # a full table: the refusal names the holder's pid instead
+                i = free[0]
+            s.lock_owner[i], s.lock_dev[i], s.lock_ino[i] = self.owner, key[0], key[1]
+            s.lock_job[i].value = job.encode()[:JOB_ID_BYTES - 1]
+
+    def pop(self, key: tuple[int, int], default: str | None = None) -> str | None:
+        with self.region.locked() as s:
+            i = self._index(s, key)
+            if i < 0:
+                return default
+            s.lock_owner[i] = 0
+            return s.lock_job[i].value.decode()
 
 
 def stream_key(*parts: Any) -> int:

@@ -36,7 +36,8 @@ from typing import Any
 from fspd import log
 from fspd.blocks import BLOCK_SIZE
 from fspd.budget import JobControl
-from fspd.daemon.shared import SharedRegion, WorkerLimits
+from fspd.daemon.shared import SharedRegion, SharedTargetLocks, WorkerLimits
+from fspd.endpoints import files
 from fspd.errors import FspdError
 from fspd.memory import trim
 from fspd.progress import Progress, StageStats
@@ -223,6 +224,8 @@ def main(argv: list[str]) -> int:
     log.configure(level, json=log_json)
     sock = socket.socket(fileno=sock_fd)
     region = SharedRegion(region_fd)
+    # A job refused a target that a job of another worker writes names that job.
+    files._LOCKED = SharedTargetLocks(region, index)  # type: ignore[assignment]
 
     from fspd.loop import run
     return run(Worker(sock, region, index, log_json).run())
