@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fspd.daemon.scheduler import engine_job_id
 from fspd.emulator.control import EmulatorControl
 from tests.checkpoints import durable_blocks
@@ -28,10 +30,10 @@ MIB = 1 << 20
 
 
 def _daemon(make_daemon: Callable[..., Daemon], tmp_path: Path, text: str,
-            *args: str) -> Daemon:
+            *args: str, workers: int = 2) -> Daemon:
     config = write_config(tmp_path / "workers.toml", text)
-    return make_daemon("--config", str(config), "--workers", "2", "--rescan-interval", "1",
-                       *args)
+    return make_daemon("--config", str(config), "--workers", str(workers),
+                       "--rescan-interval", "1", *args)
 
 
 def _workers(d: Daemon) -> list[dict[str, Any]]:
@@ -133,10 +135,14 @@ def test_bandwidth_cap_holds_across_workers(
     assert 0.95 * cap <= rate <= 1.05 * cap, (rate / cap, len(window))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_worker_killed_mid_job_loses_nothing(
-        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path) -> None:
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, tmp_path: Path,
+        workers: int) -> None:
+    """With two workers the job resumes in the other; with one, in the worker started in
+    the dead one's place."""
     d = _daemon(make_daemon, tmp_path, "[transfer]\nfetch_concurrency = 2\n"
-                "checkpoint_interval_s = 0.1\n")
+                "checkpoint_interval_s = 0.1\n", workers=workers)
     assert d.proc is not None
     snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.05, seed=135)
     emulator.faults(latency_ms=100, operations=["GetSnapshotBlock"])  # ~20 blocks/s
@@ -152,7 +158,7 @@ def test_a_worker_killed_mid_job_loses_nothing(
     assert d.proc.poll() is None  # the daemon stayed up
     result = d.sidecar("done", job)
     assert result["progress"]["blocks_resumed"] > 0, result  # resumed, not started over
-    pids = wait_for(lambda: len(w := _workers(d)) == 2 and {x["pid"] for x in w}, 30,
+    pids = wait_for(lambda: len(w := _workers(d)) == workers and {x["pid"] for x in w}, 30,
                     "a new worker in the dead one's place")
     assert victim["pid"] not in pids
     assert pids <= _children(d.proc.pid)
