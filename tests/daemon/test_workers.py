@@ -4,6 +4,7 @@ killed with SIGKILL loses no job, and SIGTERM and a SIGHUP's reload reach every 
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import json
 import os
@@ -15,8 +16,12 @@ from typing import Any
 
 import pytest
 
+from fspd.blocks import BLOCK_SIZE
+from fspd.config import Settings
+from fspd.daemon.pool import Attempt, WorkerHandle, WorkerPool
 from fspd.daemon.scheduler import engine_job_id
 from fspd.emulator.control import EmulatorControl
+from fspd.progress import Progress
 from tests.checkpoints import durable_blocks
 from tests.daemon.conftest import (
     Daemon,
@@ -191,3 +196,26 @@ def test_sigterm_and_sighup_reach_every_worker(
             f"/proc/{pid}/stat").read_text().split()[2]
     for job in jobs:  # put back, to run again at the next start
         assert (d.spool.box("new") / job).exists(), d.log()
+
+
+def _loaded(index: int, rates: list[float]) -> WorkerHandle:
+    """A worker whose jobs each move at the given blocks per second (recently)."""
+    w = WorkerHandle(index, proc=None, writer=None)  # type: ignore[arg-type]
+    now = time.monotonic()
+    for key, rate in enumerate(rates):
+        p = Progress(started=now - 5, bytes_done=int(4 * rate * BLOCK_SIZE))
+        p._samples.append((now - 2, int(2 * rate * BLOCK_SIZE)))
+        w.attempts[key] = Attempt(p, None)  # type: ignore[arg-type]
+    return w
+
+
+def test_placement_picks_the_fewest_blocks_per_second_then_the_fewest_jobs() -> None:
+    pool = WorkerPool(Settings())
+
+    def place(*workers: WorkerHandle) -> int:
+        pool.workers = {w.index: w for w in workers}
+        return asyncio.run(pool._place()).index
+
+    assert place(_loaded(0, [100.0]), _loaded(1, [30.0, 30.0])) == 1  # 60 < 100 blocks/s
+    assert place(_loaded(0, [0.0, 0.0]), _loaded(1, [0.0])) == 1  # a tie: fewer jobs
+    assert place(_loaded(0, [20.0]), _loaded(1, [])) == 1
