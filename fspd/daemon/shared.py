@@ -163,6 +163,8 @@ class SharedRegion:
 
     def unblock(self, worker: int) -> None:
         """``worker`` no longer waits: others may take what it was waiting for."""
+        if self.s.mem_blocker != worker:  # only the worker itself makes itself the blocker
+            return
         with self.locked() as s:
             if s.mem_blocker == worker:
                 s.mem_blocker, s.mem_blocker_n = -1, 0
