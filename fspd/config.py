@@ -150,6 +150,9 @@ class DaemonSettings(_Section):
         if value is not None:
             parse_listen(value)
         return value
+    # Worker processes that run the jobs; 0 = one per CPU the service may use
+    # (os.sched_getaffinity). Restart to change.
+    workers: int = Field(0, ge=0, le=256)
 
 
 class Settings(_Section):

@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--socket-group")
     p.add_argument("--control-group")
     p.add_argument("--max-jobs", type=int)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes that run the jobs (default: daemon.workers; "
+                   "0 = one per usable CPU)")
     p.add_argument("--bandwidth", dest="bandwidth", metavar="RATE",
                    help="shared limit in bytes/s, like 100M or 1.5G; K, M, G are binary "
                    "(100M = 100 MiB/s = 100*2^20 B/s); 0 = unlimited")
@@ -131,7 +134,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         k: getattr(args, k) for k in ("spool_dir", "state_dir", "socket_path", "socket_group",
                                       "control_group", "max_jobs", "rescan_interval_s",
-                                      "stop_timeout_s")}
+                                      "stop_timeout_s", "workers")}
     if args.bandwidth is not None:
         overrides["bandwidth_bytes_per_s"] = view.parse_rate(args.bandwidth)
     explicit = getattr(args, "log_level_given", False) or args.verbose or args.quiet

@@ -143,7 +143,7 @@ class Demo:
         with (self.root / "serve.log").open("ab") as log:
             self.serve = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                           env=self.env, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # its worker processes start first
         while True:
             try:
                 loop.run(self._status())

@@ -1,6 +1,6 @@
 """Jobs in the daemon: found in the spool, queued by priority then arrival, run under the
-global limits (``max_jobs``, one shared :class:`~fspd.budget.Bandwidth`), finished into
-done/ or failed/.
+global limits (``max_jobs``, the budgets shared by every worker), run in the worker
+processes (fspd/daemon/pool.py), finished into done/ or failed/.
 
 A job's id is its spool file name. Jobs put back by SIGTERM, or found in active/ unlocked (left
 by a daemon that died), run again with the same engine job id and the same per-job
@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from fspd import jobs
-from fspd.budget import Bandwidth, JobControl, SharedLimits
+from fspd.budget import JobControl
 from fspd.config import Settings
 from fspd.daemon.events import EventHub
+from fspd.daemon.pool import RemoteControl, WorkerPool
 from fspd.daemon.spool import Entry, Spool
 from fspd.daemon.states import STATES as STATES  # (re-exported: fspd.daemon.metrics)
 from fspd.daemon.states import TERMINAL
 from fspd.errors import BadInput, FspdError
 from fspd.log import get_logger
-from fspd.memory import trim
 from fspd.progress import Progress
-from fspd.run import run_job, state_dir_for
+from fspd.run import state_dir_for
 
 log = get_logger("fspd.daemon")
 
@@ -96,14 +96,16 @@ def engine_job_id(name: str) -> str:
 
 class Scheduler:
     def __init__(self, settings: Settings, spool: Spool, events: EventHub,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None, *,
+                 log_json: bool | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.events = events
         self.on_change = on_change
-        self.bandwidth = Bandwidth(settings.daemon.bandwidth_bytes_per_s)
-        # Request pacing per snapshot/account and the memory budget, shared by all jobs.
-        self.limits = SharedLimits.from_settings(settings.transfer, self.bandwidth)
+        # The worker processes, and the budgets they share: bandwidth, request pacing per
+        # snapshot/account, memory (fspd/daemon/shared.py).
+        self.pool = WorkerPool(settings, log_json=log_json)
+        self.bandwidth = self.pool.bandwidth
         self.jobs: dict[str, JobRecord] = {}
         self.stopping = False
         self.finished_counts: Counter[str] = Counter()
@@ -217,7 +219,7 @@ class Scheduler:
     def _add(self, name: str, box: str, spec: jobs.JobSpec, mtime_ns: int) -> JobRecord:
         rec = JobRecord(id=name, box=box, spec=spec, arrival=(mtime_ns, next(self._seq)),
                         progress=Progress(job_id=name),
-                        control=JobControl(self.bandwidth, self.limits))
+                        control=RemoteControl())
         self.jobs[name] = rec
         log.info("job_queued", job=name, verb=spec.verb, priority=spec.priority)
         self._changed(rec)
@@ -269,7 +271,7 @@ class Scheduler:
         state_root = Path(settings.daemon.state_dir) / "jobs"
         log.info("job_started", job=rec.id, verb=rec.spec.verb, restarted=rec.restarted)
         try:
-            result = await run_job(
+            result = await self.pool.run(
                 rec.spec, settings, job_id=engine_job_id(rec.id), progress=rec.progress,
                 state_dir=state_dir_for(state_root, engine_job_id(rec.id)),
                 control=rec.control)
@@ -298,7 +300,6 @@ class Scheduler:
             if rec.lock_fd is not None:
                 os.close(rec.lock_fd)
                 rec.lock_fd = None
-            trim()  # the job's buffers are free: give the pages back (fspd/memory.py)
 
     def _account(self, rec: JobRecord) -> None:
         p = rec.progress

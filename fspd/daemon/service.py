@@ -1,5 +1,6 @@
 """``fspd serve``: one uvloop loop, the spool watcher, the scheduler, the control socket,
-signals (SIGTERM/SIGINT stop, SIGHUP reload) and systemd notifications."""
+signals (SIGTERM/SIGINT stop, SIGHUP reload) and systemd notifications. The jobs run in
+worker processes (fspd/daemon/pool.py); SIGTERM and a reload's settings reach each of them."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from fspd.errors import BadInput
 logger = log.get_logger("fspd.daemon")
 
 # Daemon settings that a SIGHUP cannot change: they need a restart.
-FIXED_KEYS = ("spool_dir", "state_dir", "socket_path", "socket_group", "http_listen")
+FIXED_KEYS = ("spool_dir", "state_dir", "socket_path", "socket_group", "http_listen",
+              "workers")
 TMP_CLEAN_INTERVAL_S = 3600.0
 
 
@@ -56,7 +58,8 @@ class Service:
         self.notifier = notifier or Notifier()
         self.spool = Spool(Path(settings.daemon.spool_dir))
         self.events = EventHub()
-        self.scheduler = Scheduler(settings, self.spool, self.events, self.update_status)
+        self.scheduler = Scheduler(settings, self.spool, self.events, self.update_status,
+                                   log_json=log_json)
         self.policy = Policy.for_group(os.getuid(), settings.daemon.control_group)
         self.watcher = DirWatcher(self.spool.box("new"))
         self.started = time.monotonic()
@@ -94,6 +97,7 @@ class Service:
             "max_jobs": s.max_jobs, "bandwidth_bytes_per_s": self.scheduler.bandwidth.rate,
             "spool_dir": str(self.spool.root), "socket_path": self.socket_path,
             "inotify": self.watcher.using_inotify, "stopping": self.scheduler.stopping,
+            "workers": self.scheduler.pool.status(),
         }
 
     def finished_record(self, ident: str) -> dict[str, Any] | None:
@@ -115,7 +119,17 @@ class Service:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._prepare_dirs()
-        await self._listen()
+        try:  # before the socket listens: a daemon that answers has its workers
+            await self.scheduler.pool.start()
+        except (OSError, RuntimeError) as exc:
+            await self.scheduler.pool.close(1.0)
+            raise BadInput(f"cannot start the worker processes: {exc}",
+                           field="daemon.workers") from None
+        try:
+            await self._listen()
+        except BaseException:
+            await self.scheduler.pool.close(1.0)
+            raise
         assert self._runner is not None
         await ui.listen_tcp(self, self._runner)  # after the socket: a second daemon stops there
         self.watcher.start()
@@ -136,6 +150,7 @@ class Service:
             logger.info("daemon_stopping")
             self.notifier.stopping()
             await self.scheduler.shutdown(self.settings.daemon.stop_timeout_s)
+            await self.scheduler.pool.close(self.settings.daemon.stop_timeout_s)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -266,6 +281,7 @@ class Service:
         changed = _diff(old.model_dump(), new.model_dump())
         self.settings, self.policy = new, policy
         self.scheduler.apply(new)
+        self.scheduler.pool.reload(new)
         if new.log_level != old.log_level:
             try:
                 log.configure(new.log_level, json=self.log_json)

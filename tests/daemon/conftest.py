@@ -23,7 +23,10 @@ from fspd.daemon.spool import Spool
 from fspd.emulator.control import EmulatorControl
 from tests.conftest import TEST_AWS_CONFIG
 
-SERVE_START_S = 20.0
+SERVE_START_S = 60.0  # a hang guard: the daemon and its workers start (slow on a busy machine)
+# Worker processes of every daemon the tests start, unless a test names its own: 2 (CI has
+# 2 CPUs); FSPD_TEST_WORKERS=1 runs the same tests with one.
+TEST_WORKERS = os.environ.get("FSPD_TEST_WORKERS", "2")
 
 
 def write_config(path: Path, text: str = "") -> Path:
@@ -76,6 +79,8 @@ class Daemon:
         args = [*self.args, *(extra or [])]
         if "--config" not in args:  # the tests' jobs name the emulator: allow it
             args += ["--config", str(write_config(self.root / "fspd-test.toml"))]
+        if "--workers" not in args:
+            args += ["--workers", TEST_WORKERS]
         cmd = [sys.executable, "-m", "fspd", "--log-json", "serve",
                "--spool", str(self.spool.root), "--state-dir", str(self.root / "state"),
                "--socket", self.socket, *args]

@@ -170,7 +170,7 @@ def test_socket_activation_serves_on_the_inherited_fd(tmp_path: Path) -> None:
                                   timeout=30)
             return done.returncode == 0 and json.loads(done.stdout)["pid"] == proc.pid
         try:
-            wait_for(answered, 10, "the activated daemon")
+            wait_for(answered, 60, "the activated daemon")  # with its workers started
         except AssertionError:
             proc.kill()
             raise AssertionError(proc.communicate()[1].decode()) from None
