@@ -370,7 +370,8 @@ class SharedRateController(RateController):
         self.key = key
 
     def reserve(self) -> float:
-        return self.region.next_slot(self.key, self.clock(), self.burst_s, 1.0 / self.rate)
+        now = self.clock.monotonic()  # CLOCK_MONOTONIC: one clock for every worker
+        return self.region.next_slot(self.key, now, self.burst_s, 1.0 / self.rate)
 
 
 class WorkerLimits(SharedLimits):
