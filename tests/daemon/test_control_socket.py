@@ -62,7 +62,12 @@ def test_status_pause_resume_cancel_and_bandwidth_through_the_cli(
     wait_for(lambda: _state(d, job) == "running", what="running")
     table = d.cli("status")
     assert table.returncode == 0 and job[:30] in table.stdout and "running" in table.stdout
-    detail = d.cli("status", job)
+    # A worker process runs the job: its stages reach the parent with its first progress.
+    def staged() -> subprocess.CompletedProcess[str] | None:
+        r = d.cli("status", job)
+        return r if r.returncode != 0 or "stage fetch" in r.stdout else None
+
+    detail = wait_for(staged, what="the job's stages")
     assert detail.returncode == 0 and "stage fetch" in detail.stdout, detail.stderr
     status = json.loads(d.cli("status", "--json").stdout)
     assert status["bandwidth_bytes_per_s"] == 8 << 20 and status["counts"] == {"running": 1}
