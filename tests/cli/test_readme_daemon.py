@@ -80,7 +80,9 @@ def _ok(result: Any) -> None:
 
 
 def _in_flight(d: Daemon, job: str) -> int:
-    return sum(s["in_flight"] for s in d.job(job)["progress"]["stages"].values())
+    """Blocks in flight, as the job's worker last reported; -1 before its first report."""
+    stages = d.job(job)["progress"]["stages"]
+    return sum(s["in_flight"] for s in stages.values()) if stages else -1
 
 
 def test_the_readme_names_these_service_commands() -> None:
@@ -109,6 +111,8 @@ async def test_submit_status_pause_resume_bandwidth_and_watch_a_job_to_the_end(
     row = next(line for line in status.stdout.splitlines() if job[:20] in line)
     assert "running" in row, status.stdout
 
+    # Reading: the worker has reported blocks in flight (so a later 0 is news from it).
+    wait_for(lambda: _in_flight(d, job) > 0, 20, "blocks in flight")
     _ok(client(f"fspd pause {job}"))
     assert d.job(job)["state"] == "paused"
     wait_for(lambda: _in_flight(d, job) == 0, 10, "blocks in flight to finish")

@@ -41,8 +41,9 @@ def _state(daemon: Daemon, job: str) -> str:
 
 
 def _in_flight(daemon: Daemon, job: str) -> int:
+    """Blocks in flight, as the job's worker last reported; -1 before its first report."""
     stages = daemon.job(job)["progress"]["stages"]
-    return sum(stage["in_flight"] for stage in stages.values())
+    return sum(stage["in_flight"] for stage in stages.values()) if stages else -1
 
 
 @pytest.fixture
