@@ -89,6 +89,7 @@ class BlockBudget:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = (n, future)
         self._waiters.append(waiter)
+        self._wake()  # fits nothing here; a budget shared between processes starts looking
         try:
             await future
         except asyncio.CancelledError:

@@ -313,24 +313,6 @@ class SharedBlockBudget(BlockBudget):
             return False
         return self.region.take_units(self.worker, n)
 
-    async def take(self, n: int) -> None:
-        if self.try_take(n):
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = (n, future)
-        self._waiters.append(waiter)
-        self._wake()  # the oldest request becomes the blocker; polling starts
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():  # granted as it was cancelled
-                self.give(n)
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-                self._wake()
-            raise
-
     def give(self, n: int) -> None:
         self.region.give_units(self.worker, n)
         self._wake()
