@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from fspd.emulator.control import EmulatorControl
+from tests.cli._peak_memory import peak_env, peak_mib
 from tests.cli._readme import readme_command, typed
 from tests.cli.conftest import Runner
 from tests.waiting import wait_until
@@ -161,18 +162,6 @@ def test_analyze_bad_input_exits_2_naming_the_field(fspd: Runner, lineage: list[
     assert len(result.stderr.strip().splitlines()) == 1 and field in result.stderr
 
 
-# Read at exit by the fspd process itself: the high-water mark of its resident memory.
-_HOOK = '''
-import atexit, os
-def _hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                with open(os.environ["FSPD_TEST_HWM_FILE"], "w") as out:
-                    out.write(line.split()[1])
-if os.environ.get("FSPD_TEST_HWM_FILE"):
-    atexit.register(_hwm)
-'''
 LIMIT_MIB = 256
 # What listing more blocks may add to the peak: the pages in flight (one plus one fetched
 # ahead per snapshot) and allocator slack. Holding the 16 TiB lineage's ~470,000 entries
@@ -181,14 +170,10 @@ GROWTH_MIB = 24
 
 
 def _peak_mib(fspd: Runner, tmp_path: Path, snaps: list[str], tag: str) -> tuple[float, dict]:
-    hook = tmp_path / "hook"
-    hook.mkdir(exist_ok=True)
-    (hook / "sitecustomize.py").write_text(_HOOK)
-    out = tmp_path / f"{tag}.hwm"
-    result = fspd(["fspd", "analyze", *snaps, "--json"], timeout=900,
-                  extra_env={"PYTHONPATH": str(hook), "FSPD_TEST_HWM_FILE": str(out)})
+    env, out = peak_env(tmp_path, tag)
+    result = fspd(["fspd", "analyze", *snaps, "--json"], timeout=900, extra_env=env)
     assert result.returncode == 0, result.stderr
-    return int(out.read_text()) / 1024, json.loads(result.stdout)
+    return peak_mib(out), json.loads(result.stdout)
 
 
 def _synthetic_lineage(emulator: EmulatorControl, size_gib: int, density: float,

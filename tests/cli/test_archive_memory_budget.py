@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 
 from fspd.emulator.control import EmulatorControl
+from tests.cli._peak_memory import peak_env, peak_mib
 from tests.cli.conftest import Runner
 
 BUDGET = 32  # blocks: 16 MiB
@@ -21,30 +22,14 @@ SEGMENT_BLOCKS = 16
 # buffers of the blocks in flight, compression contexts, allocator slack.
 ALLOWANCE_MIB = 72
 
-# Read at exit by the fspd process itself: the high-water mark of its resident memory.
-_HOOK = '''
-import atexit, os
-def _hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                with open(os.environ["FSPD_TEST_HWM_FILE"], "w") as out:
-                    out.write(line.split()[1])
-if os.environ.get("FSPD_TEST_HWM_FILE"):
-    atexit.register(_hwm)
-'''
 
 
 def _peak_mib(fspd_s3: Runner, tmp_path: Path, args: str, tag: str) -> float:
-    hook = tmp_path / "hook"
-    hook.mkdir(exist_ok=True)
-    (hook / "sitecustomize.py").write_text(_HOOK)
-    out = tmp_path / f"{tag}.hwm"
+    env, out = peak_env(tmp_path, tag)
     result = fspd_s3(f"fspd movetos3 --config {tmp_path / 'fspd.toml'} {args}",
-                     extra_env={"PYTHONPATH": str(hook), "FSPD_TEST_HWM_FILE": str(out)},
-                     timeout=300)
+                     extra_env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    return int(out.read_text()) / 1024
+    return peak_mib(out)
 
 
 def test_movetos3_with_a_small_budget_stays_within_it_and_writes_an_exact_archive(
