@@ -6,6 +6,7 @@ Every queue, pool, retry and timeout in fspd takes its bound from here.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -170,13 +171,21 @@ class FleetSettings(_Section):
     queue: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")
     dlq: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,80}$")  # None = queue + "-dlq"
     table: str = Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")
-    bucket: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    bucket: str  # s3://BUCKET[/PREFIX]
     region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")  # None = AWS's
     profile: str | None = None
     lease_s: float = Field(300.0, ge=10, le=43_200)  # a job's lease (and message visibility)
     heartbeat_s: float = Field(60.0, ge=1, le=3600)  # renew the lease this often
     max_receive_count: int = Field(5, ge=1, le=1000)  # deliveries before the DLQ
     receive_wait_s: int = Field(20, ge=0, le=20)  # SQS long poll (0..20)
+
+    @field_validator("bucket")
+    @classmethod
+    def _s3_url(cls, value: str) -> str:
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", value):
+            raise ValueError(f"{value!r} is not s3://BUCKET[/PREFIX] (a bucket name has 3 to "
+                             "63 lowercase letters, digits, dots and hyphens)")
+        return value
 
     @model_validator(mode="after")
     def _renew_in_time(self) -> FleetSettings:

@@ -100,13 +100,16 @@ class JobTable:
                             ConsistentRead=True)
         return item_to_dict(result["Item"]) if "Item" in result else None
 
-    async def put_new(self, job_id: str, spec: str, *, now: float | None = None) -> None:
-        """Record a new job, queued; :class:`JobExists` if the id is taken."""
+    async def put_new(self, job_id: str, spec: str, *, filename: str = "job.json",
+                      now: float | None = None) -> None:
+        """Record a new job, queued: its job file's text and name (which says TOML or JSON);
+        :class:`JobExists` if the id is taken."""
         now = time.time() if now is None else now
         try:
             await call(self.db, "PutItem", TableName=self.name, Item={
-                "job": _s(job_id), "state": _s(QUEUED), "spec": _s(spec), "attempt": _n(0),
-                "submitted": _n(now), "updated": _n(now)},
+                "job": _s(job_id), "state": _s(QUEUED), "spec": _s(spec),
+                "filename": _s(filename), "attempt": _n(0), "submitted": _n(now),
+                "updated": _n(now)},
                 ConditionExpression="attribute_not_exists(job)")
         except ApiError as exc:
             if exc.code == _CONFLICT:
@@ -201,18 +204,20 @@ class JobTable:
             {"#s": "state", "#o": "owner"}) is not None
 
     async def requeue(self, job_id: str, *, now: float | None = None) -> dict[str, Any]:
-        """A dead or failed job queued again (``fspd fleet retry``); BadInput otherwise."""
+        """A dead or failed job queued again (``fspd fleet retry``), or a queued one nobody
+        holds (its message was lost); BadInput otherwise."""
         now = time.time() if now is None else now
         item = await self._update(
             job_id, "SET #s = :queued, updated = :now REMOVE reason, lease_until, #o",
-            "attribute_exists(job) AND #s IN (:dead, :failed)",
+            "attribute_exists(job) AND (#s IN (:dead, :failed) OR "
+            "(#s = :queued AND attribute_not_exists(#o)))",
             {":queued": _s(QUEUED), ":now": _n(now), ":dead": _s(DEAD), ":failed": _s(FAILED)},
             {"#s": "state", "#o": "owner"})
         if item is None:
             current = await self.get(job_id)
             why = "no such job" if current is None else f"it is {current['state']}"
-            raise BadInput(f"cannot retry {job_id}: {why} (only dead or failed jobs are "
-                           "retried)", field="job")
+            raise BadInput(f"cannot retry {job_id}: {why} (dead, failed and unclaimed queued "
+                           "jobs are retried)", field="job")
         return item
 
     async def scan(self, limit: int = MAX_LISTED) -> list[dict[str, Any]]:

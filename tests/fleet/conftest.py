@@ -3,18 +3,21 @@ through AWS_ENDPOINT_URL_SQS/_DYNAMODB/_S3."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from fspd.config import FleetSettings, Settings
 from fspd.fleet import setup
 from fspd.fleet.services import Services, open_services
-from tests.conftest import ROOT, _free_port
+from tests.cli.conftest import Runner, assert_clean, fspd_argv
+from tests.conftest import ROOT, TEST_AWS_CONFIG, _free_port
 
 BUCKET = "fleet-checkpoints"
 
@@ -83,3 +86,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "fleet_moto" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.moto)
+
+
+FLEET_CONFIG = f"""{TEST_AWS_CONFIG}
+[fleet]
+queue = "fspd-jobs"
+table = "fspd-jobs"
+bucket = "s3://{BUCKET}/fleet"
+max_receive_count = 3
+receive_wait_s = 0
+"""
+
+
+@pytest.fixture
+def fleet_cli_env(fleet_endpoints: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> dict[str, str]:
+    """A user whose AWS (SQS, DynamoDB, S3) is moto, with a [fleet] section in $FSPD_CONFIG."""
+    config = tmp_path_factory.mktemp("fleet-operator") / "fspd.toml"
+    config.write_text(FLEET_CONFIG)
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    env["FSPD_CONFIG"] = str(config)
+    return env
+
+
+@pytest.fixture
+def fleet_cli(fleet_cli_env: dict[str, str], tmp_path: Path) -> Runner:
+    """``fleet_cli("fspd fleet init")``: the console script, run in ``tmp_path``."""
+    def run(command: str | list[str], *, timeout: float = 120,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(fspd_argv(command), capture_output=True, text=True,
+                                timeout=timeout, env={**fleet_cli_env, **(extra_env or {})},
+                                cwd=tmp_path, stdin=subprocess.DEVNULL)
+        assert_clean(result)
+        return result
+
+    return run
