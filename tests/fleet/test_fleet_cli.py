@@ -202,3 +202,31 @@ def test_fleet_help_loads_no_heavy_module(argv: list[str], fleet_cli_env: dict[s
     probe = _run(argv, fleet_cli_env, tmp_path)
     assert probe["code"] == 0 and "fleet" in probe["stdout"], probe["stderr"]
     assert _heavy(probe["modules"]) == []
+
+
+async def test_status_fleet_of_one_job_and_of_an_unknown_one(
+        fleet_cli: Runner, aws: Services, tmp_path: Path) -> None:
+    assert fleet_cli("fspd fleet init").returncode == 0
+    for name in ("job-a", "other"):
+        (tmp_path / f"{name}.toml").write_text(JOB.format(name=name))
+        assert fleet_cli(f"fspd submit --fleet {name}.toml").returncode == 0
+    one = json.loads(fleet_cli("fspd status --fleet job --json").stdout)
+    assert [j["job"] for j in one["jobs"]] == ["job-a"]
+    unknown = fleet_cli("fspd status --fleet nope")
+    assert unknown.returncode == 2 and "fspd: job: no fleet job 'nope'" in unknown.stderr
+
+
+def test_submit_fleet_with_wait_is_refused_naming_the_flag(fleet_cli: Runner,
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "one.toml").write_text(JOB.format(name="job-one"))
+    result = fleet_cli("fspd submit --fleet --wait one.toml")
+    assert result.returncode == 2 and "fspd: --wait: --wait is for the local daemon" in (
+        result.stderr)
+
+
+def test_fleet_commands_without_credentials_exit_3(fleet_cli: Runner, tmp_path: Path) -> None:
+    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    result = fleet_cli("fspd status --fleet", extra_env=env)
+    assert result.returncode == 3, result.stderr
+    assert "Unable to locate credentials" in result.stderr
