@@ -30,6 +30,7 @@ from fspd.daemon.spool import Entry, Spool
 from fspd.daemon.states import STATES as STATES  # (re-exported: fspd.daemon.metrics)
 from fspd.daemon.states import TERMINAL
 from fspd.errors import BadInput, FspdError
+from fspd.fleet.lifecycle import Fleet, Taken
 from fspd.log import get_logger
 from fspd.progress import Progress
 from fspd.run import state_dir_for
@@ -300,6 +301,63 @@ class Scheduler:
             if rec.lock_fd is not None:
                 os.close(rec.lock_fd)
                 rec.lock_fd = None
+
+    # --- fleet jobs (fspd/daemon/fleet.py takes them from the fleet's queue) ----------------
+
+    def free_slots(self) -> int:
+        """Slots the fleet may fill now: those no running job nor waiting spool job needs."""
+        waiting = sum(1 for r in self.jobs.values()
+                      if r.state == "queued" and r.task is None and not r.held)
+        return 0 if self.stopping else max(
+            0, self.settings.daemon.max_jobs - len(self.running()) - waiting)
+
+    def start_fleet_job(self, host: Fleet, taken: Taken, spec: jobs.JobSpec) -> JobRecord:
+        rec = self._add(taken.lease.job_id, "fleet", spec, 0)
+        rec.task = asyncio.create_task(self._run_fleet(rec, host, taken),
+                                       name=f"fleet job {rec.id}")
+        rec.task.add_done_callback(lambda _task: self.dispatch())
+        return rec
+
+    async def _run_fleet(self, rec: JobRecord, host: Fleet, taken: Taken) -> None:
+        """Run a fleet job from its S3 checkpoint, under its lease (fspd/fleet/lifecycle.py);
+        its outcome goes to the fleet's table, not to the spool."""
+        rec.state, rec.started_at = "running", time.time()
+        self._changed(rec)
+        settings = self.settings
+        job_id = engine_job_id(rec.id)
+        state_dir = state_dir_for(Path(settings.daemon.state_dir) / "jobs", job_id)
+        rec.restarted = await host.store.restore(rec.id, state_dir)
+        journal = state_dir / "checkpoint.json"
+
+        def saved() -> bytes | None:
+            try:
+                return journal.read_bytes()
+            except FileNotFoundError:
+                return None
+
+        async def run(_lease: Any) -> Any:
+            return await self.pool.run(rec.spec, settings, job_id=job_id,
+                                       progress=rec.progress, state_dir=state_dir,
+                                       control=rec.control)
+
+        log.info("fleet_job_started", job=rec.id, attempt=taken.lease.attempt,
+                 resumed=rec.restarted)
+        try:
+            outcome = await host.run(taken, run, journal=saved)
+        except asyncio.CancelledError:  # stopping: the job goes to another host after its lease
+            rec.state, rec.task = "queued", None
+            self._changed(rec)
+            raise
+        except Exception as exc:
+            log.exception("fleet_job_crashed", job=rec.id)
+            outcome, rec.error = "failed", {"error": type(exc).__name__, "message": str(exc)}
+        rec.finished_at = time.time()
+        rec.state = {"done": "completed", "fenced": "cancelled"}.get(outcome, "failed")
+        self._account(rec)
+        self.finished_counts[rec.state] += 1
+        log.info("fleet_job_finished", job=rec.id, outcome=outcome)
+        self._changed(rec)
+        self._trim_history()
 
     def _account(self, rec: JobRecord) -> None:
         p = rec.progress
