@@ -328,12 +328,22 @@ class Scheduler:
         state_dir = state_dir_for(Path(settings.daemon.state_dir) / "jobs", job_id)
         rec.restarted = await host.store.restore(rec.id, state_dir)
         journal = state_dir / "checkpoint.json"
+        uploaded: dict[str, tuple[int, int]] = {}  # file beside the journal → (size, mtime)
 
-        def saved() -> bytes | None:
+        def saved() -> tuple[bytes, dict[str, bytes]] | None:
+            """The journal, then the digest logs that back it (read after it, so they hold
+            at least what it claims), those changed since the last save."""
             try:
-                return journal.read_bytes()
+                body = journal.read_bytes()
             except FileNotFoundError:
                 return None
+            files = {}
+            for path in state_dir.glob("*.digests"):
+                stat = path.stat()
+                if uploaded.get(path.name) != (stat.st_size, stat.st_mtime_ns):
+                    files[path.name] = path.read_bytes()
+                    uploaded[path.name] = (stat.st_size, stat.st_mtime_ns)
+            return body, files
 
         async def run(_lease: Any) -> Any:
             return await self.pool.run(rec.spec, settings, job_id=job_id,

@@ -33,6 +33,8 @@ from fspd.retry import ApiError, Unreachable
 log = get_logger("fspd.fleet")
 
 DONE_OUTCOME, FAILED, FENCED, SKIPPED = "done", "failed", "fenced", "skipped"
+# A job's journal and the files beside it that changed since the last save (by name).
+Journal = tuple[bytes, dict[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Fleet:
         return Taken(delivery, lease, str(item.get("spec", "")),
                      str(item.get("filename", "job.json")))
 
-    async def keep_alive(self, taken: Taken, journal: Callable[[], bytes | None],
+    async def keep_alive(self, taken: Taken, journal: Callable[[], Journal | None],
                          on_fenced: Callable[[FencedOut], None]) -> None:
         """Renew until cancelled; call ``on_fenced`` (and return) when the job was taken over.
         A renewal that fails otherwise (throttled, unreachable) is tried again next period:
@@ -88,9 +90,9 @@ class Fleet:
             try:
                 lease = await self.table.heartbeat(lease, self.fleet.lease_s, now=self.clock())
                 await self.queue.extend(taken.delivery, self.fleet.lease_s)
-                body = journal()
-                if body is not None:
-                    await self.store.save(lease, body)
+                saved = journal()
+                if saved is not None:
+                    await self.store.save(lease, *saved)
             except FencedOut as exc:
                 log.warning("fleet_job_fenced", job=lease.job_id, attempt=lease.attempt,
                             error=str(exc))
@@ -120,7 +122,7 @@ class Fleet:
             return FENCED
 
     async def run(self, taken: Taken, run: Callable[[Lease], Awaitable[Any]],
-                  journal: Callable[[], bytes | None] = lambda: None) -> str:
+                  journal: Callable[[], Journal | None] = lambda: None) -> str:
         """Run the taken job with its heartbeat; the outcome (done, failed or fenced)."""
         job = asyncio.ensure_future(run(taken.lease))
         fenced: list[FencedOut] = []

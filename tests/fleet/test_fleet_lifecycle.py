@@ -120,7 +120,7 @@ async def test_a_host_whose_job_is_taken_over_is_cancelled_and_its_writes_refuse
             raise
 
     journal = b'{"version": 1}'
-    outcome = asyncio.create_task(a.run(taken, job, journal=lambda: journal))
+    outcome = asyncio.create_task(a.run(taken, job, journal=lambda: (journal, {})))
     await asyncio.wait_for(started.wait(), 30)
     item = await a.table.get("job-1")
     while item.get("checkpoint_key") is None:  # the heartbeat saves the journal

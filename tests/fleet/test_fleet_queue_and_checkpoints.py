@@ -99,9 +99,10 @@ async def test_a_superseded_attempt_cannot_replace_the_checkpoint(
         assert await stream.read() == first  # the fenced save stored nothing
 
     journal.sinks["d0"]["url"] = "s3://x/new"
-    key = await store.save(new, journal.body())
+    key = await store.save(new, journal.body(), {"snap-1.digests": b"\x01" * 64})
     head = await call(services.s3, "HeadObject", Bucket=store.bucket, Key=key)
     assert head["Metadata"] == {"fspd-attempt": "2", "fspd-owner": "host-b"}
     assert await store.restore("job-1", tmp_path / "b") is True
     resumed = Checkpoint.open(tmp_path / "b", "job-1", "digest")
     assert resumed.resumed and resumed.sinks["d0"]["url"] == "s3://x/new"
+    assert (tmp_path / "b" / "snap-1.digests").read_bytes() == b"\x01" * 64

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fspd.emulator.control import EmulatorControl
+from tests.checkpoints import _bits
 from tests.cli.conftest import Runner
 from tests.daemon import conftest as daemon_fixtures
 from tests.daemon.conftest import Daemon, upload_job, wait_for, write_config
@@ -55,3 +56,61 @@ def test_serve_runs_a_fleet_job_once_and_records_it_done(
     assert emulator.image(snap, length=image.stat().st_size) == image.read_bytes()
     assert [(s["id"], s["status"]) for s in emulator.snapshots()] == [(snap, "completed")]
     assert '"fleet_job_finished"' in d.log()
+
+
+TAKEOVER = SERVE_FLEET.replace("max_receive_count = 3", "max_receive_count = 10") + """
+[transfer]
+put_concurrency = 2
+checkpoint_interval_s = 0.1
+"""
+
+
+def _s3_journal(moto_url: str, item: dict[str, Any]) -> dict[str, Any]:
+    """The job's current checkpoint in S3 (the journal of fspd/checkpoint.py)."""
+    import botocore.session
+
+    s3 = botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=moto_url)
+    body = s3.get_object(Bucket=BUCKET, Key=item["checkpoint_key"])["Body"].read()
+    return dict(json.loads(body))
+
+
+def test_after_kill_9_another_host_takes_over_and_finishes_the_same_snapshot(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
+        fleet_endpoints: str, tmp_path: Path) -> None:
+    make_bucket(fleet_endpoints)
+    assert fleet_cli("fspd fleet init").returncode == 0
+    image = tmp_path / "in.img"
+    image.write_bytes(os.urandom(8 << 20))  # 16 blocks, two in flight at 300 ms each
+    emulator.faults(latency_ms=300, operations=["PutSnapshotBlock"])
+    (tmp_path / "up.toml").write_text(f'name = "fleet-up"\n{upload_job(emulator, image)}')
+    assert fleet_cli("fspd submit --fleet up.toml").returncode == 0
+    config = write_config(tmp_path / "serve.toml", TAKEOVER)
+    a = make_daemon("--config", str(config), root=tmp_path / "host-a")
+
+    def resumable_in_s3() -> tuple[str, int] | None:
+        """(pending snapshot, blocks put) once host-a's journal in S3 claims some blocks."""
+        item = _fleet_item(fleet_cli, "fleet-up")
+        if not item.get("checkpoint_key"):
+            return None
+        [sink] = _s3_journal(fleet_endpoints, item)["sinks"].values()
+        written = _bits(sink["written"]) if sink.get("written") else 0
+        return (sink["snapshot_id"], written) if written >= 2 else None
+
+    pending, durable = wait_for(resumable_in_s3, 60, "host-a's journal in S3 to claim blocks")
+    assert a.proc is not None
+    a.proc.kill()  # kill -9
+    a.proc.wait()
+    emulator.clear_faults()
+    emulator.reset_stats()
+    b = make_daemon("--config", str(config), root=tmp_path / "host-b")
+    item = wait_for(lambda: _fleet_item(fleet_cli, "fleet-up").get("state") == "done"
+                    and _fleet_item(fleet_cli, "fleet-up"), 120, "host-b to finish the job")
+    assert item["attempt"] >= 2, item
+    record = b.api("/v1/jobs/fleet-up")
+    assert record["state"] == "completed" and record["restarted"], record
+    assert list(record["snapshot_ids"].values()) == [pending]
+    assert [(s["id"], s["status"]) for s in emulator.snapshots()] == [(pending, "completed")]
+    assert emulator.image(pending, length=image.stat().st_size) == image.read_bytes()
+    # host-b resumed from the S3 journal: the blocks it claims were not put again
+    assert emulator.stats()["requests"].get("PutSnapshotBlock", 0) <= 16 - durable
