@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,41 @@ def test_after_kill_9_another_host_takes_over_and_finishes_the_same_snapshot(
     assert emulator.image(pending, length=image.stat().st_size) == image.read_bytes()
     # host-b resumed from the S3 journal: the blocks it claims were not put again
     assert emulator.stats()["requests"].get("PutSnapshotBlock", 0) <= 16 - durable
+
+
+def test_a_zombie_host_is_fenced_out_and_the_result_stays_correct(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
+        fleet_endpoints: str, tmp_path: Path) -> None:
+    make_bucket(fleet_endpoints)
+    assert fleet_cli("fspd fleet init").returncode == 0
+    image = tmp_path / "in.img"
+    image.write_bytes(os.urandom(8 << 20))
+    emulator.faults(latency_ms=300, operations=["PutSnapshotBlock"])
+    (tmp_path / "up.toml").write_text(f'name = "fleet-up"\n{upload_job(emulator, image)}')
+    assert fleet_cli("fspd submit --fleet up.toml").returncode == 0
+    config = write_config(tmp_path / "serve.toml", TAKEOVER)
+    a = make_daemon("--config", str(config), root=tmp_path / "host-a")
+    wait_for(lambda: _fleet_item(fleet_cli, "fleet-up").get("owner"), 60, "host-a to claim")
+    assert a.proc is not None
+    zombie = [a.proc.pid, *(w["pid"] for w in a.api("/v1/status")["workers"])]
+    for pid in zombie:  # SIGSTOP the whole host: daemon and workers
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        emulator.clear_faults()
+        b = make_daemon("--config", str(config), root=tmp_path / "host-b")
+        item = wait_for(lambda: _fleet_item(fleet_cli, "fleet-up").get("state") == "done"
+                        and _fleet_item(fleet_cli, "fleet-up"), 120, "host-b to finish")
+    finally:
+        for pid in zombie:
+            os.kill(pid, signal.SIGCONT)
+    assert item["attempt"] == 2
+    # the zombie's heartbeat (or its final write) is refused: it stops the job
+    record = wait_for(lambda: a.api("/v1/jobs/fleet-up")["state"] in ("cancelled", "failed")
+                      and a.api("/v1/jobs/fleet-up"), 60, "host-a to stop the job")
+    assert record["state"] == "cancelled", record
+    assert '"fleet_job_fenced"' in a.log()
+    after = _fleet_item(fleet_cli, "fleet-up")
+    assert (after["state"], after["attempt"], after.get("owner")) == ("done", 2, None)
+    [snap] = b.api("/v1/jobs/fleet-up")["snapshot_ids"].values()
+    assert [(s["id"], s["status"]) for s in emulator.snapshots()] == [(snap, "completed")]
+    assert emulator.image(snap, length=image.stat().st_size) == image.read_bytes()
