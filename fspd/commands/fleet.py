@@ -184,12 +184,20 @@ def submit_fleet(args: argparse.Namespace, data: bytes, filename: str) -> int:
     return 0
 
 
-def _progress(item: dict[str, Any]) -> str:
+def _progress(item: dict[str, Any]) -> tuple[str, str, str]:
+    """(percent, rate, ETA) of a job's progress summary, ``-`` where unknown."""
+    from fspd.display import human_bytes
+
     p = item.get("progress") or {}
+    percent, rate, eta = p.get("percent"), p.get("rate_recent_bps"), p.get("eta_s")
     done, total = p.get("bytes_done"), p.get("bytes_total")
-    if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
-        return f"{100 * done / total:.0f}%"
-    return "-"
+    if percent is None and isinstance(done, int | float) and isinstance(total, int | float) \
+            and total > 0:
+        percent = 100 * done / total
+    running = item.get("state") == "running"
+    return (f"{percent:.0f}%" if isinstance(percent, int | float) else "-",
+            f"{human_bytes(rate)}/s" if running and isinstance(rate, int | float) else "-",
+            f"{eta:.0f}s" if running and isinstance(eta, int | float) else "-")
 
 
 def status_fleet(args: argparse.Namespace) -> int:
@@ -208,11 +216,12 @@ def status_fleet(args: argparse.Namespace) -> int:
             default=str))
         return 0
     now = time.time()
-    rows = [("JOB", "STATE", "OWNER", "ATTEMPTS", "PROGRESS", "LEASE", "REASON")]
+    rows = [("JOB", "STATE", "OWNER", "ATTEMPTS", "PROGRESS", "RATE", "ETA", "LEASE",
+             "REASON")]
     for i in items:
         lease = i.get("lease_until")
         rows.append((str(i["job"]), str(i["state"]), str(i.get("owner", "-")),
-                     str(i.get("attempt", 0)), _progress(i),
+                     str(i.get("attempt", 0)), *_progress(i),
                      f"{max(0, float(lease) - now):.0f}s" if lease else "-",
                      str(i.get("reason") or "")))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]

@@ -89,6 +89,12 @@ class JobRecord:
         return out
 
 
+def _fleet_progress(rec: JobRecord) -> dict[str, Any]:
+    """The progress summary a fleet job's item carries (``fspd status --fleet``)."""
+    summary = rec.summary()
+    return {k: summary.get(k) for k in ("bytes_done", "percent", "eta_s", "rate_recent_bps")}
+
+
 def engine_job_id(name: str) -> str:
     """A short, stable id for the engine (it builds ClientTokens from it, capped at 64)."""
     stem = jobs.safe_name(name.rsplit(".", 1)[0])[:32]
@@ -353,7 +359,8 @@ class Scheduler:
         log.info("fleet_job_started", job=rec.id, attempt=taken.lease.attempt,
                  resumed=rec.restarted)
         try:
-            outcome = await host.run(taken, run, journal=saved)
+            outcome = await host.run(taken, run, journal=saved,
+                                     progress=lambda: _fleet_progress(rec))
         except asyncio.CancelledError:  # stopping: the job goes to another host after its lease
             rec.state, rec.task = "queued", None
             self._changed(rec)

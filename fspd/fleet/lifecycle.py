@@ -80,7 +80,8 @@ class Fleet:
                      str(item.get("filename", "job.json")))
 
     async def keep_alive(self, taken: Taken, journal: Callable[[], Journal | None],
-                         on_fenced: Callable[[FencedOut], None]) -> None:
+                         on_fenced: Callable[[FencedOut], None],
+                         progress: Callable[[], dict[str, Any]] | None = None) -> None:
         """Renew until cancelled; call ``on_fenced`` (and return) when the job was taken over.
         A renewal that fails otherwise (throttled, unreachable) is tried again next period:
         the lease outlives one missed renewal (heartbeat_s <= lease_s / 2)."""
@@ -88,7 +89,9 @@ class Fleet:
         while True:
             await asyncio.sleep(self.fleet.heartbeat_s)
             try:
-                lease = await self.table.heartbeat(lease, self.fleet.lease_s, now=self.clock())
+                lease = await self.table.heartbeat(
+                    lease, self.fleet.lease_s, now=self.clock(),
+                    progress=None if progress is None else progress())
                 await self.queue.extend(taken.delivery, self.fleet.lease_s)
                 saved = journal()
                 if saved is not None:
@@ -122,7 +125,8 @@ class Fleet:
             return FENCED
 
     async def run(self, taken: Taken, run: Callable[[Lease], Awaitable[Any]],
-                  journal: Callable[[], Journal | None] = lambda: None) -> str:
+                  journal: Callable[[], Journal | None] = lambda: None,
+                  progress: Callable[[], dict[str, Any]] | None = None) -> str:
         """Run the taken job with its heartbeat; the outcome (done, failed or fenced)."""
         job = asyncio.ensure_future(run(taken.lease))
         fenced: list[FencedOut] = []
@@ -131,7 +135,7 @@ class Fleet:
             fenced.append(exc)
             job.cancel()
 
-        beat = asyncio.create_task(self.keep_alive(taken, journal, stop))
+        beat = asyncio.create_task(self.keep_alive(taken, journal, stop, progress))
         error: FspdError | None = None
         try:
             await job

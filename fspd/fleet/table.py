@@ -160,12 +160,17 @@ class JobTable:
         return FencedOut(f"job {lease.job_id}: attempt {lease.attempt} on {lease.owner} was "
                          f"superseded ({now_held}); its writes are refused")
 
-    async def heartbeat(self, lease: Lease, lease_s: float, *,
-                        now: float | None = None) -> Lease:
-        """Extend the lease; :class:`FencedOut` if another attempt has taken the job."""
+    async def heartbeat(self, lease: Lease, lease_s: float, *, now: float | None = None,
+                        progress: dict[str, Any] | None = None) -> Lease:
+        """Extend the lease (and write the progress summary in the same request);
+        :class:`FencedOut` if another attempt has taken the job."""
         now = time.time() if now is None else now
-        item = await self._fenced(lease, "SET lease_until = :until, updated = :now",
-                                  {":until": _n(now + lease_s), ":now": _n(now)})
+        values = {":until": _n(now + lease_s), ":now": _n(now)}
+        expression = "SET lease_until = :until, updated = :now"
+        if progress is not None:
+            expression += ", progress = :p"
+            values[":p"] = _s(json.dumps(progress, sort_keys=True))
+        item = await self._fenced(lease, expression, values)
         return Lease(lease.job_id, lease.owner, lease.attempt, float(item["lease_until"]))
 
     async def record(self, lease: Lease, *, progress: dict[str, Any] | None = None,

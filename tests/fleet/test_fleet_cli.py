@@ -179,19 +179,22 @@ async def test_status_fleet_lists_every_job_with_state_owner_attempts_and_progre
         assert fleet_cli(f"fspd submit --fleet {name}.toml").returncode == 0
     table = JobTable(aws.dynamodb, "fspd-jobs")
     lease = await table.claim("job-a", "host-1", 600)
-    await table.record(lease, progress={"bytes_done": 1 << 30, "bytes_total": 4 << 30})
+    await table.heartbeat(lease, 600, progress={"bytes_done": 1 << 30, "percent": 25.0,
+                                                "eta_s": 30.0, "rate_recent_bps": 100 << 20})
 
     listed = json.loads(fleet_cli("fspd status --fleet --json").stdout)
     jobs = {j["job"]: j for j in listed["jobs"]}
     assert (jobs["job-a"]["state"], jobs["job-a"]["owner"], jobs["job-a"]["attempt"]) == (
         "running", "host-1", 1)
-    assert jobs["job-a"]["progress"] == {"bytes_done": 1 << 30, "bytes_total": 4 << 30}
+    assert jobs["job-a"]["progress"] == {"bytes_done": 1 << 30, "percent": 25.0,
+                                         "eta_s": 30.0, "rate_recent_bps": 100 << 20}
     assert (jobs["job-b"]["state"], jobs["job-b"]["attempt"]) == ("queued", 0)
     text = fleet_cli("fspd status --fleet").stdout.splitlines()
-    assert text[0].split() == ["JOB", "STATE", "OWNER", "ATTEMPTS", "PROGRESS", "LEASE",
-                               "REASON"]
-    assert text[1].split()[:5] == ["job-a", "running", "host-1", "1", "25%"]
-    assert text[2].split()[:5] == ["job-b", "queued", "-", "0", "-"]
+    assert text[0].split() == ["JOB", "STATE", "OWNER", "ATTEMPTS", "PROGRESS", "RATE", "ETA",
+                               "LEASE", "REASON"]
+    assert text[1].split()[:7] == ["job-a", "running", "host-1", "1", "25%", "100.0", "MiB/s"]
+    assert text[1].split()[7] == "30s"
+    assert text[2].split()[:7] == ["job-b", "queued", "-", "0", "-", "-", "-"]
 
 
 @pytest.mark.parametrize("argv", [["fleet", "--help"], ["fleet", "init", "--help"]])
