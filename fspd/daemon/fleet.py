@@ -38,6 +38,7 @@ async def draw_jobs(scheduler: Scheduler, settings: Settings) -> None:
         table = JobTable(svc.dynamodb, fleet.table)
         host = Fleet(fleet, table, JobQueue(svc.sqs, fleet),
                      CheckpointStore(svc.s3, fleet, table), host_id())
+        scheduler.fleet_host = host
         log.info("fleet_joined", queue=fleet.queue, table=fleet.table, host=host.host)
         while True:
             free = scheduler.free_slots()

@@ -120,6 +120,7 @@ class Scheduler:
         self.retry_totals: Counter[str] = Counter()
         self._seq = itertools.count()
         self._scan_lock = asyncio.Lock()
+        self.fleet_host: Fleet | None = None  # set by fspd/daemon/fleet.py with [fleet]
 
     # --- lookup and counts ---------------------------------------------------------------
 
@@ -318,6 +319,7 @@ class Scheduler:
             0, self.settings.daemon.max_jobs - len(self.running()) - waiting)
 
     def start_fleet_job(self, host: Fleet, taken: Taken, spec: jobs.JobSpec) -> JobRecord:
+        self.fleet_host = host
         rec = self._add(taken.lease.job_id, "fleet", spec, 0)
         rec.task = asyncio.create_task(self._run_fleet(rec, host, taken),
                                        name=f"fleet job {rec.id}")

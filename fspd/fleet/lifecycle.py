@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +54,16 @@ class Fleet:
                  clock: Callable[[], float] = time.time) -> None:
         self.fleet, self.table, self.queue, self.store = fleet, table, queue, store
         self.host, self.clock = host, clock
+        # What this host did with the fleet's jobs, since it started (Prometheus counters):
+        # taken, duplicate, held_elsewhere, dead_lettered, done, failed, fenced,
+        # heartbeat_failed.
+        self.counts: Counter[str] = Counter()
 
     async def take(self, delivery: Delivery) -> Taken | None:
         if delivery.job_id is None:
             log.warning("fleet_message_malformed", problem=delivery.problem)
             await self.queue.dead_letter(delivery, str(delivery.problem))
+            self.counts["dead_lettered"] += 1
             return None
         job = delivery.job_id
         try:
@@ -67,12 +73,16 @@ class Fleet:
             if item is None:
                 await self.queue.dead_letter(delivery, f"no job {job} in table "
                                              f"{self.table.name}")
+                self.counts["dead_lettered"] += 1
             elif item["state"] not in (QUEUED, RUNNING):
                 log.info("fleet_duplicate_delivery", job=job, state=item["state"])
                 await self.queue.delete(delivery)
+                self.counts["duplicate"] += 1
             else:
                 log.info("fleet_job_held_elsewhere", job=job, why=exc.why)
+                self.counts["held_elsewhere"] += 1
             return None
+        self.counts["taken"] += 1
         item = await self.table.get(job) or {}
         log.info("fleet_job_taken", job=job, attempt=lease.attempt,
                  delivery=delivery.receive_count)
@@ -103,6 +113,7 @@ class Fleet:
                 return
             except (ApiError, Unreachable) as exc:
                 log.warning("fleet_heartbeat_failed", job=lease.job_id, error=str(exc))
+                self.counts["heartbeat_failed"] += 1
 
     async def settle(self, taken: Taken, error: FspdError | None) -> str:
         lease, delivery = taken.lease, taken.delivery
@@ -143,6 +154,7 @@ class Fleet:
             current = asyncio.current_task()
             if not fenced or (current is not None and current.cancelling()):
                 raise  # cancelled from outside (the daemon is stopping), not by the fence
+            self.counts[FENCED] += 1
             return FENCED
         except FspdError as exc:
             error = exc
@@ -150,4 +162,6 @@ class Fleet:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-        return await self.settle(taken, error)
+        outcome = await self.settle(taken, error)
+        self.counts[outcome] += 1
+        return outcome

@@ -3,6 +3,7 @@ emulator for EBS, moto for SQS, DynamoDB and S3), and records their outcome in t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from tests.checkpoints import _bits
 from tests.cli.conftest import Runner
 from tests.daemon import conftest as daemon_fixtures
 from tests.daemon.conftest import Daemon, upload_job, wait_for, write_config
+from tests.daemon.test_control_socket import _get
 from tests.fleet.conftest import BUCKET, make_bucket
 
 make_daemon = daemon_fixtures.make_daemon  # a real `fspd serve` per test
@@ -57,6 +59,12 @@ def test_serve_runs_a_fleet_job_once_and_records_it_done(
     assert emulator.image(snap, length=image.stat().st_size) == image.read_bytes()
     assert [(s["id"], s["status"]) for s in emulator.snapshots()] == [(snap, "completed")]
     assert '"fleet_job_finished"' in d.log()
+    metrics = asyncio.run(_get(d.socket, "/metrics"))[1]
+    taken = [line for line in metrics.splitlines()
+             if line.startswith("fspd_fleet_jobs_total{") and 'event="taken"' in line]
+    done = [line for line in metrics.splitlines()
+            if line.startswith("fspd_fleet_jobs_total{") and 'event="done"' in line]
+    assert [line.rsplit(" ", 1)[1] for line in taken + done] == ["1", "1"], metrics
 
 
 TAKEOVER = SERVE_FLEET.replace("max_receive_count = 3", "max_receive_count = 10") + """
