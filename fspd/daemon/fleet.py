@@ -8,10 +8,12 @@ import asyncio
 import os
 import socket
 
+from botocore.exceptions import BotoCoreError
+
 from fspd import jobs
 from fspd.config import Settings
 from fspd.daemon.scheduler import Scheduler
-from fspd.errors import BadInput
+from fspd.errors import BadInput, FspdError
 from fspd.fleet.checkpoints import CheckpointStore
 from fspd.fleet.lifecycle import Fleet
 from fspd.fleet.queue import JobQueue
@@ -31,7 +33,18 @@ def host_id() -> str:
 
 
 async def draw_jobs(scheduler: Scheduler, settings: Settings) -> None:
-    """Until cancelled: receive as many jobs as there are free slots, and start them."""
+    """Until cancelled: receive as many jobs as there are free slots, and start them. The
+    fleet's services failing (a queue not created, no credentials) is logged and tried again
+    after a pause; the daemon's spool keeps working meanwhile."""
+    while True:
+        try:
+            await _draw(scheduler, settings)
+        except (FspdError, ApiError, Unreachable, BotoCoreError) as exc:
+            log.error("fleet_unavailable", error=str(exc), retry_in_s=ERROR_PAUSE_S)
+            await asyncio.sleep(ERROR_PAUSE_S)
+
+
+async def _draw(scheduler: Scheduler, settings: Settings) -> None:
     fleet = settings.fleet
     assert fleet is not None
     async with open_services(settings, fleet) as svc:
@@ -58,5 +71,7 @@ async def draw_jobs(scheduler: Scheduler, settings: Settings) -> None:
                         continue
                     scheduler.start_fleet_job(host, taken, spec)
             except (ApiError, Unreachable) as exc:
+                if isinstance(exc, ApiError) and "NonExistentQueue" in exc.code:
+                    raise
                 log.warning("fleet_receive_failed", error=str(exc))
                 await asyncio.sleep(ERROR_PAUSE_S)

@@ -161,3 +161,16 @@ def test_a_zombie_host_is_fenced_out_and_the_result_stays_correct(
     [snap] = b.api("/v1/jobs/fleet-up")["snapshot_ids"].values()
     assert [(s["id"], s["status"]) for s in emulator.snapshots()] == [(snap, "completed")]
     assert emulator.image(snap, length=image.stat().st_size) == image.read_bytes()
+
+
+def test_serve_with_a_fleet_not_created_says_so_and_keeps_its_spool_working(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_endpoints: str,
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path / "serve.toml", SERVE_FLEET)  # no `fspd fleet init`
+    d = make_daemon("--config", str(config), root=tmp_path / "host-a")
+    wait_for(lambda: '"fleet_unavailable"' in d.log(), 60, "the daemon to log the fleet error")
+    assert "SQS queue fspd-jobs does not exist (run `fspd fleet init`)" in d.log()
+    image = tmp_path / "in.img"
+    image.write_bytes(os.urandom(1 << 20))
+    job = d.submit(upload_job(emulator, image), "up.toml")
+    assert d.wait_finished(job, 60) == "done"
