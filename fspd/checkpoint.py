@@ -214,12 +214,15 @@ class Checkpoint:
     def sink_state(self, name: str) -> dict[str, Any] | None:
         return self.sinks.get(name) if self.resumed else None
 
+    def body(self) -> bytes:
+        """The journal as saved (also what a fleet keeps in S3: fspd/fleet/checkpoints.py)."""
+        return json.dumps({"version": VERSION, "job_id": self.job_id, "spec": self.spec,
+                           "sinks": self.sinks}, sort_keys=True).encode()
+
     def save(self, sinks: dict[str, dict[str, Any]]) -> None:
         self.sinks = sinks
-        body = json.dumps({"version": VERSION, "job_id": self.job_id, "spec": self.spec,
-                           "sinks": sinks}, sort_keys=True).encode()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, body)
+        atomic_write(self.path, self.body())
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)

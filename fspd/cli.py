@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "fspd.commands.transfer",
     "fspd.commands.archive",
     "fspd.commands.daemon",
+    "fspd.commands.fleet",
     "fspd.commands.ui",
     "fspd.commands.analyze",
     "fspd.commands.completion",

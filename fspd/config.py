@@ -6,10 +6,18 @@ Every queue, pool, retry and timeout in fspd takes its bound from here.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fspd import config_file
 from fspd.errors import BadInput
@@ -155,6 +163,51 @@ class DaemonSettings(_Section):
     workers: int = Field(0, ge=0, le=256)
 
 
+class FleetSettings(_Section):
+    """Several hosts sharing one queue of jobs (docs: README "A fleet of hosts"). The names
+    are the fleet's SQS queue, its dead-letter queue, its DynamoDB table and the S3 prefix of
+    its checkpoints; the section left out = no fleet."""
+
+    queue: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")
+    dlq: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,80}$")  # None = queue + "-dlq"
+    table: str = Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    bucket: str  # s3://BUCKET[/PREFIX]
+    region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")  # None = AWS's
+    profile: str | None = None
+    lease_s: float = Field(300.0, ge=10, le=43_200)  # a job's lease (and message visibility)
+    heartbeat_s: float = Field(60.0, ge=1, le=3600)  # renew the lease this often
+    max_receive_count: int = Field(5, ge=1, le=1000)  # deliveries before the DLQ
+    receive_wait_s: int = Field(20, ge=0, le=20)  # SQS long poll (0..20)
+
+    @field_validator("bucket")
+    @classmethod
+    def _s3_url(cls, value: str) -> str:
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", value):
+            raise ValueError(f"{value!r} is not s3://BUCKET[/PREFIX] (a bucket name has 3 to "
+                             "63 lowercase letters, digits, dots and hyphens)")
+        return value
+
+    @model_validator(mode="after")
+    def _renew_in_time(self) -> FleetSettings:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("heartbeat_s must be at most half of lease_s (a renewal can be "
+                             "late once without losing the job)")
+        return self
+
+    @property
+    def dlq_name(self) -> str:
+        return self.dlq or f"{self.queue}-dlq"
+
+    @property
+    def checkpoint_bucket(self) -> str:
+        return self.bucket.removeprefix("s3://").partition("/")[0]
+
+    @property
+    def checkpoint_prefix(self) -> str:
+        prefix = self.bucket.removeprefix("s3://").partition("/")[2].strip("/")
+        return f"{prefix}/" if prefix else ""
+
+
 class Settings(_Section):
     transfer: TransferSettings = TransferSettings()
     retry: RetrySettings = RetrySettings()
@@ -164,6 +217,7 @@ class Settings(_Section):
     s3: S3Settings = S3Settings()
     daemon: DaemonSettings = DaemonSettings()
     analyze: AnalyzeSettings = AnalyzeSettings()
+    fleet: FleetSettings | None = None  # absent = this host is not part of a fleet
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -16,6 +16,7 @@ PACKAGE = ROOT / "fspd"
 # other fspd module is in the foundation (blocks, retry, progress, jobs, config, aws, …).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("commands and daemon", ("fspd.cli", "fspd.__main__", "fspd.commands", "fspd.daemon")),
+    ("fleet", ("fspd.fleet",)),
     ("run and operations", ("fspd.run", "fspd.lineage")),
     ("pipeline and endpoints", ("fspd.pipeline", "fspd.endpoints")),
     ("archive format", ("fspd.archive",)),

@@ -60,12 +60,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--wait", action="store_true", help="wait for the job to finish (progress "
                    "bars on a TTY); the exit code is the job's")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--fleet", action="store_true", help="enqueue the job for the fleet "
+                   "([fleet] in the settings file; see `fspd fleet`) instead of the spool")
     _conn(p, spool=True)
     p.set_defaults(handler=_cmd_submit)
 
     p = subparsers.add_parser("status", help="the daemon's jobs, or one job in detail")
     p.add_argument("job", nargs="?", help="a job id or a unique prefix of one (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--fleet", action="store_true", help="every job of the fleet, across "
+                   "hosts (its DynamoDB table), instead of this daemon's")
     _conn(p)
     p.set_defaults(handler=_cmd_status)
 
@@ -168,6 +172,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}", field="jobfile") from None
     jobs.parse(data, path.name)  # refuse a bad job here rather than in failed/
+    if args.fleet:
+        if args.wait:
+            raise BadInput("--wait is for the local daemon; follow a fleet job with "
+                           "`fspd status --fleet`", field="--wait")
+        from fspd.commands.fleet import submit_fleet
+
+        return submit_fleet(args, data, path.name)
     spool = Spool(spool_dir(args))
     sock = socket_path(args) if args.wait else None
     if sock is not None:  # fail before submitting if nobody will run it
@@ -196,6 +207,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.fleet:
+        from fspd.commands.fleet import status_fleet
+
+        return status_fleet(args)
     sock = socket_path(args)
     if args.job:
         status, data = {}, request(sock, "GET", f"/v1/jobs/{args.job}")

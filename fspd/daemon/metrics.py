@@ -47,4 +47,10 @@ def render(scheduler: Scheduler) -> str:
            "Shared bandwidth limit (0 = unlimited).", [({}, scheduler.bandwidth.rate)])
     metric("fspd_max_jobs", "gauge", "Jobs allowed to run at once.",
            [({}, scheduler.settings.daemon.max_jobs)])
+    if scheduler.fleet_host is not None:
+        host = scheduler.fleet_host
+        metric("fspd_fleet_jobs_total", "counter", "What this host did with the fleet's jobs "
+               "since start (taken, done, failed, fenced, duplicate, held_elsewhere, "
+               "dead_lettered, heartbeat_failed).",
+               [({"host": host.host, "event": k}, v) for k, v in sorted(host.counts.items())])
     return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ from fspd.daemon.spool import Entry, Spool
 from fspd.daemon.states import STATES as STATES  # (re-exported: fspd.daemon.metrics)
 from fspd.daemon.states import TERMINAL
 from fspd.errors import BadInput, FspdError
+from fspd.fleet.lifecycle import Fleet, Taken
 from fspd.log import get_logger
 from fspd.progress import Progress
 from fspd.run import state_dir_for
@@ -88,6 +89,12 @@ class JobRecord:
         return out
 
 
+def _fleet_progress(rec: JobRecord) -> dict[str, Any]:
+    """The progress summary a fleet job's item carries (``fspd status --fleet``)."""
+    summary = rec.summary()
+    return {k: summary.get(k) for k in ("bytes_done", "percent", "eta_s", "rate_recent_bps")}
+
+
 def engine_job_id(name: str) -> str:
     """A short, stable id for the engine (it builds ClientTokens from it, capped at 64)."""
     stem = jobs.safe_name(name.rsplit(".", 1)[0])[:32]
@@ -113,6 +120,7 @@ class Scheduler:
         self.retry_totals: Counter[str] = Counter()
         self._seq = itertools.count()
         self._scan_lock = asyncio.Lock()
+        self.fleet_host: Fleet | None = None  # set by fspd/daemon/fleet.py with [fleet]
 
     # --- lookup and counts ---------------------------------------------------------------
 
@@ -300,6 +308,75 @@ class Scheduler:
             if rec.lock_fd is not None:
                 os.close(rec.lock_fd)
                 rec.lock_fd = None
+
+    # --- fleet jobs (fspd/daemon/fleet.py takes them from the fleet's queue) ----------------
+
+    def free_slots(self) -> int:
+        """Slots the fleet may fill now: those no running job nor waiting spool job needs."""
+        waiting = sum(1 for r in self.jobs.values()
+                      if r.state == "queued" and r.task is None and not r.held)
+        return 0 if self.stopping else max(
+            0, self.settings.daemon.max_jobs - len(self.running()) - waiting)
+
+    def start_fleet_job(self, host: Fleet, taken: Taken, spec: jobs.JobSpec) -> JobRecord:
+        self.fleet_host = host
+        rec = self._add(taken.lease.job_id, "fleet", spec, 0)
+        rec.task = asyncio.create_task(self._run_fleet(rec, host, taken),
+                                       name=f"fleet job {rec.id}")
+        rec.task.add_done_callback(lambda _task: self.dispatch())
+        return rec
+
+    async def _run_fleet(self, rec: JobRecord, host: Fleet, taken: Taken) -> None:
+        """Run a fleet job from its S3 checkpoint, under its lease (fspd/fleet/lifecycle.py);
+        its outcome goes to the fleet's table, not to the spool."""
+        rec.state, rec.started_at = "running", time.time()
+        self._changed(rec)
+        settings = self.settings
+        job_id = engine_job_id(rec.id)
+        state_dir = state_dir_for(Path(settings.daemon.state_dir) / "jobs", job_id)
+        rec.restarted = await host.store.restore(rec.id, state_dir)
+        journal = state_dir / "checkpoint.json"
+        uploaded: dict[str, tuple[int, int]] = {}  # file beside the journal → (size, mtime)
+
+        def saved() -> tuple[bytes, dict[str, bytes]] | None:
+            """The journal, then the digest logs that back it (read after it, so they hold
+            at least what it claims), those changed since the last save."""
+            try:
+                body = journal.read_bytes()
+            except FileNotFoundError:
+                return None
+            files = {}
+            for path in state_dir.glob("*.digests"):
+                stat = path.stat()
+                if uploaded.get(path.name) != (stat.st_size, stat.st_mtime_ns):
+                    files[path.name] = path.read_bytes()
+                    uploaded[path.name] = (stat.st_size, stat.st_mtime_ns)
+            return body, files
+
+        async def run(_lease: Any) -> Any:
+            return await self.pool.run(rec.spec, settings, job_id=job_id,
+                                       progress=rec.progress, state_dir=state_dir,
+                                       control=rec.control)
+
+        log.info("fleet_job_started", job=rec.id, attempt=taken.lease.attempt,
+                 resumed=rec.restarted)
+        try:
+            outcome = await host.run(taken, run, journal=saved,
+                                     progress=lambda: _fleet_progress(rec))
+        except asyncio.CancelledError:  # stopping: the job goes to another host after its lease
+            rec.state, rec.task = "queued", None
+            self._changed(rec)
+            raise
+        except Exception as exc:
+            log.exception("fleet_job_crashed", job=rec.id)
+            outcome, rec.error = "failed", {"error": type(exc).__name__, "message": str(exc)}
+        rec.finished_at = time.time()
+        rec.state = {"done": "completed", "fenced": "cancelled"}.get(outcome, "failed")
+        self._account(rec)
+        self.finished_counts[rec.state] += 1
+        log.info("fleet_job_finished", job=rec.id, outcome=outcome)
+        self._changed(rec)
+        self._trim_history()
 
     def _account(self, rec: JobRecord) -> None:
         p = rec.progress

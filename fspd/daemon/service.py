@@ -144,6 +144,10 @@ class Service:
             self._watch_spool, self._tick, self._clean_tmp, self._reloader)]
         if self.settings.daemon.watchdog:
             background.append(asyncio.create_task(self.notifier.watchdog_loop()))
+        if self.settings.fleet is not None:
+            from fspd.daemon.fleet import draw_jobs
+
+            background.append(asyncio.create_task(draw_jobs(self.scheduler, self.settings)))
         try:
             await self._stop.wait()
         finally:

@@ -448,6 +448,7 @@ PROVEN = {
     "completion": "tests/cli/test_cli_conventions.py",
     "ui": "tests/cli/test_web_view_cli.py",
     "analyze": "tests/cli/test_analyze.py",
+    "fleet": "tests/fleet/test_fleet_cli.py",
 }
 
 
