@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter
@@ -17,6 +18,10 @@ FAULT_DEFAULTS: dict[str, Any] = {
     "operations": None,
     "region": None,
     "seed": 0,
+    # Requests (of ``operations``) after the first ``hold_after`` since these settings were
+    # set wait, unanswered, until the faults are changed or cleared: a job stopped mid-way
+    # at a known point, for tests that must act on it there (null: no hold).
+    "hold_after": None,
 }
 MIN_BURST = 5.0
 
@@ -51,6 +56,8 @@ class Faults:
         self.settings: dict[str, Any] = dict(FAULT_DEFAULTS)
         self.rng = random.Random(0)
         self.counts: Counter[str] = Counter()
+        self._matched = 0
+        self._released: asyncio.Event | None = None
 
     def set(self, changes: dict[str, Any]) -> dict[str, Any]:
         new = dict(FAULT_DEFAULTS)
@@ -64,6 +71,10 @@ class Faults:
             elif key == "region":
                 if value is not None and not isinstance(value, str):
                     raise ValueError("region must be a string or null")
+            elif key == "hold_after":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                          or value < 0):
+                    raise ValueError("hold_after must be an integer >= 0 or null")
             elif key == "seed":
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ValueError("seed must be an integer")
@@ -76,6 +87,10 @@ class Faults:
             new[key] = value
         self.settings = new
         self.rng = random.Random(new["seed"])
+        self._matched = 0
+        if self._released is not None:  # whatever the old settings held goes on now
+            self._released.set()
+            self._released = None
         return dict(new)
 
     def clear(self) -> None:
@@ -94,6 +109,19 @@ class Faults:
             return False
         self.counts[kind] += 1
         return True
+
+    async def hold(self) -> None:
+        """Wait until the settings change if this request is past ``hold_after``."""
+        limit = self.settings["hold_after"]
+        if limit is None:
+            return
+        self._matched += 1
+        if self._matched <= limit:
+            return
+        self.counts["held"] += 1
+        if self._released is None:
+            self._released = asyncio.Event()
+        await self._released.wait()
 
     def latency(self) -> float:
         s = self.settings

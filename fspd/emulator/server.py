@@ -148,6 +148,7 @@ async def _serve(state: State, request: web.Request, protocol: str, op: str,
     faults = state.faults
     reset_get = False
     if faults.applies(op, ctx.region):
+        await faults.hold()
         delay = faults.latency()
         if delay:
             await asyncio.sleep(delay)

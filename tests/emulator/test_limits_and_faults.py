@@ -159,6 +159,22 @@ async def test_latency_is_added(emulator, ebs1):
     assert time.monotonic() - t0 >= 0.24
 
 
+async def test_hold_after_answers_the_first_requests_and_holds_the_rest_until_cleared(
+        emulator, ebs1):
+    sid, _ = await _one_block(ebs1)
+    emulator.faults(hold_after=1, operations=["ListSnapshotBlocks"])
+    first = await ebs1.list_snapshot_blocks(SnapshotId=sid)  # answered
+    assert [b["BlockIndex"] for b in first["Blocks"]] == [0]
+    held = [asyncio.ensure_future(ebs1.list_snapshot_blocks(SnapshotId=sid)) for _ in range(2)]
+    while (await asyncio.to_thread(emulator.faults))["counts"].get("held", 0) < 2:
+        await asyncio.sleep(0.01)  # polls the emulator's count of held requests
+    await ebs1.list_changed_blocks(SecondSnapshotId=sid)  # another operation is not held
+    assert not any(task.done() for task in held)
+    await asyncio.to_thread(emulator.clear_faults)
+    for answer in await asyncio.gather(*held):
+        assert [b["BlockIndex"] for b in answer["Blocks"]] == [0]
+
+
 async def test_cleared_faults_restore_normal_behaviour(emulator, ebs1):
     sid, token = await _one_block(ebs1)
     emulator.faults(error_rate=1.0)

@@ -90,8 +90,8 @@ def test_after_kill_9_another_host_takes_over_and_finishes_the_same_snapshot(
     make_bucket(fleet_endpoints)
     assert fleet_cli("fspd fleet init").returncode == 0
     image = tmp_path / "in.img"
-    image.write_bytes(os.urandom(8 << 20))  # 16 blocks, two in flight at 300 ms each
-    emulator.faults(latency_ms=300, operations=["PutSnapshotBlock"])
+    image.write_bytes(os.urandom(8 << 20))  # 16 blocks; the emulator answers only 4 puts
+    emulator.faults(hold_after=4, operations=["PutSnapshotBlock"])
     (tmp_path / "up.toml").write_text(f'name = "fleet-up"\n{upload_job(emulator, image)}')
     assert fleet_cli("fspd submit --fleet up.toml").returncode == 0
     config = write_config(tmp_path / "serve.toml", TAKEOVER)
@@ -132,7 +132,7 @@ def test_a_zombie_host_is_fenced_out_and_the_result_stays_correct(
     assert fleet_cli("fspd fleet init").returncode == 0
     image = tmp_path / "in.img"
     image.write_bytes(os.urandom(8 << 20))
-    emulator.faults(latency_ms=300, operations=["PutSnapshotBlock"])
+    emulator.faults(hold_after=4, operations=["PutSnapshotBlock"])  # host-a stops mid-way
     (tmp_path / "up.toml").write_text(f'name = "fleet-up"\n{upload_job(emulator, image)}')
     assert fleet_cli("fspd submit --fleet up.toml").returncode == 0
     config = write_config(tmp_path / "serve.toml", TAKEOVER)
