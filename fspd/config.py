@@ -178,6 +178,22 @@ class FleetSettings(_Section):
     heartbeat_s: float = Field(60.0, ge=1, le=3600)  # renew the lease this often
     max_receive_count: int = Field(5, ge=1, le=1000)  # deliveries before the DLQ
     receive_wait_s: int = Field(20, ge=0, le=20)  # SQS long poll (0..20)
+    # A spool directory (tmp/ new/ active/ done/ failed/, as daemon.spool_dir) whose job
+    # files `fspd serve` enqueues into the fleet, as `fspd submit --fleet` does; None or ""
+    # = none. Not daemon.spool_dir. Restart to change.
+    spool_dir: Path | None = None
+
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        return value
 
     @field_validator("bucket")
     @classmethod

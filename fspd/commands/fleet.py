@@ -4,11 +4,9 @@ and ``fspd status --fleet`` (fspd/commands/daemon.py hands those over)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fspd.display import printable
@@ -152,34 +150,22 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 # --- submit --fleet / status --fleet ---------------------------------------------------------
 
-def job_id_for(name: str | None, filename: str, data: bytes) -> str:
-    """The job's own ``name``, else the file's stem and a digest of its bytes (the same file
-    submitted twice is the same job, refused the second time)."""
-    from fspd.jobs import safe_name
-
-    if name:
-        return name
-    return f"{safe_name(Path(filename).stem)[:100]}-{hashlib.sha256(data).hexdigest()[:12]}"
-
-
 def submit_fleet(args: argparse.Namespace, data: bytes, filename: str) -> int:
-    """Validate the job (done by the caller), write its item (conditionally), then send its
-    message: a job never runs without its item."""
-    from fspd import jobs
+    """Validate the job, write its item (conditionally), then send its message: a job never
+    runs without its item (fspd/fleet/enqueue.py)."""
+    from fspd.fleet.enqueue import enqueue
     from fspd.fleet.queue import JobQueue
     from fspd.fleet.table import JobTable
 
-    spec = jobs.parse(data, filename)
-    job_id = job_id_for(spec.name, filename, data)
     settings = _settings(args)
     fleet = _fleet(settings)
 
-    async def submit(svc: Services) -> str:
-        await JobTable(svc.dynamodb, fleet.table).put_new(
-            job_id, data.decode("utf-8"), filename=filename)
-        return await JobQueue(svc.sqs, fleet).send(job_id)
+    async def submit(svc: Services) -> tuple[str, str]:
+        done = await enqueue(JobTable(svc.dynamodb, fleet.table), JobQueue(svc.sqs, fleet),
+                             data, filename)
+        return done.job_id, done.message_id
 
-    message = _run(settings, fleet, submit)
+    job_id, message = _run(settings, fleet, submit)
     print(json.dumps({"job": job_id, "message": message}) if args.json else job_id)
     return 0
 

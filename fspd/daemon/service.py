@@ -62,6 +62,11 @@ class Service:
                                    log_json=log_json)
         self.policy = Policy.for_group(os.getuid(), settings.daemon.control_group)
         self.watcher = DirWatcher(self.spool.box("new"))
+        fleet_spool = settings.fleet.spool_dir if settings.fleet is not None else None
+        # [fleet] spool_dir: job files there are enqueued into the fleet (fleet_spool.py)
+        self.fleet_spool = Spool(fleet_spool) if fleet_spool is not None else None
+        self.fleet_watcher = DirWatcher(self.fleet_spool.box("new")) if self.fleet_spool \
+            else None
         self.started = time.monotonic()
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -148,6 +153,12 @@ class Service:
             from fspd.daemon.fleet import draw_jobs
 
             background.append(asyncio.create_task(draw_jobs(self.scheduler, self.settings)))
+        if self.fleet_spool is not None and self.fleet_watcher is not None:
+            from fspd.daemon.fleet_spool import watch_fleet_spool
+
+            self.fleet_watcher.start()
+            background.append(asyncio.create_task(watch_fleet_spool(
+                self, self.fleet_spool, self.fleet_watcher)))
         try:
             await self._stop.wait()
         finally:
@@ -159,6 +170,8 @@ class Service:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             self.watcher.close()
+            if self.fleet_watcher is not None:
+                self.fleet_watcher.close()
             self.events.close()
             if self._runner is not None:
                 await self._runner.cleanup()
@@ -172,6 +185,15 @@ class Service:
         return 0
 
     def _prepare_dirs(self) -> None:
+        if self.fleet_spool is not None:
+            if self.fleet_spool.root.resolve() == self.spool.root.resolve():
+                raise BadInput(f"{self.fleet_spool.root} is daemon.spool_dir too: the fleet's "
+                               "spool needs a directory of its own", field="fleet.spool_dir")
+            try:
+                self.fleet_spool.ensure()
+            except OSError as exc:
+                raise BadInput(f"cannot create {exc.filename}: {exc.strerror}",
+                               field="fleet.spool_dir") from None
         for field, make in (
                 ("daemon.spool_dir", self.spool.ensure),
                 ("daemon.state_dir", lambda: Path(self.settings.daemon.state_dir).mkdir(
