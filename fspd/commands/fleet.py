@@ -187,7 +187,7 @@ def _progress(item: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def status_fleet(args: argparse.Namespace) -> int:
-    from fspd.fleet.table import JobTable
+    from fspd.fleet.table import JobTable, listing
 
     settings = _settings(args)
     fleet = _fleet(settings)
@@ -197,9 +197,7 @@ def status_fleet(args: argparse.Namespace) -> int:
         if not items:
             raise BadInput(f"no fleet job {args.job!r} in table {fleet.table}", field="job")
     if args.json:
-        print(json.dumps({"table": fleet.table, "jobs": [
-            {k: v for k, v in i.items() if k != "spec"} for i in items]}, indent=2,
-            default=str))
+        print(json.dumps(listing(fleet.table, items), indent=2, default=str))
         return 0
     now = time.time()
     rows = [("JOB", "STATE", "OWNER", "ATTEMPTS", "PROGRESS", "RATE", "ETA", "LEASE",

@@ -1,8 +1,9 @@
 """The control socket: HTTP/1.1 + JSON on a Unix socket (``curl --unix-socket``).
 
 Read-only: ``GET /v1/status``, ``/v1/jobs``, ``/v1/jobs/{id}``, ``/v1/events`` (NDJSON stream,
-``?job=``), ``/metrics``. Control (see :mod:`fspd.daemon.access`): ``POST
-/v1/jobs/{id}/cancel|pause|resume``, ``PUT /v1/bandwidth``. Every error is a JSON body
+``?job=``), ``/v1/fleet`` (every fleet job across hosts, ``?job=``), ``/metrics``. Control
+(see :mod:`fspd.daemon.access`): ``POST /v1/jobs/{id}/cancel|pause|resume``,
+``PUT /v1/bandwidth``. Every error is a JSON body
 ``{"error", "message", "field"}`` with a 4xx/5xx status.
 """
 
@@ -18,6 +19,8 @@ from aiohttp import web
 
 from fspd.daemon import metrics, ui
 from fspd.daemon.access import Peer, peer_of
+from fspd.daemon.fleet import host_id
+from fspd.daemon.fleet_view import FAILURES, NotInFleet
 from fspd.errors import BadInput
 from fspd.log import get_logger
 
@@ -221,6 +224,26 @@ def _line(event: dict[str, Any]) -> bytes:
     return json.dumps(event, default=str).encode() + b"\n"
 
 
+async def fleet_jobs(request: web.Request) -> web.Response:
+    """Every job of the fleet, as ``fspd status --fleet --json`` lists them (fleet_view.py),
+    and this daemon's owner id (``host``) as the table names it."""
+    service = _service(request)
+    prefix = request.query.get("job") or None
+    try:
+        listed = await service.fleet_view.jobs(service.settings, prefix)
+    except NotInFleet:
+        raise ApiError(404, "NotInFleet", "this daemon is not in a fleet: its settings have "
+                       "no [fleet] section (docs/fleet.md)", "fleet") from None
+    except FAILURES as exc:
+        table = service.settings.fleet.table if service.settings.fleet else "?"
+        raise ApiError(503, "FleetUnavailable", f"cannot read the fleet's table {table}: "
+                       f"{exc}", "fleet.table") from None
+    if prefix and not listed["jobs"]:
+        raise ApiError(404, "NotFound", f"no fleet job {prefix!r} in table {listed['table']}",
+                       "job")
+    return _json({"host": host_id(), **listed})
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(text=metrics.render(_service(request).scheduler),
                         content_type="text/plain", charset="utf-8",
@@ -236,6 +259,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post(f"{API}/jobs/{{job}}/{{action}}", job_action)
     app.router.add_put(f"{API}/bandwidth", put_bandwidth)
     app.router.add_get(f"{API}/events", events)
+    app.router.add_get(f"{API}/fleet", fleet_jobs)
     app.router.add_get("/metrics", get_metrics)
     ui.install(app, service)
     return app

@@ -20,6 +20,7 @@ from fspd.config import Settings
 from fspd.daemon import control, ui
 from fspd.daemon.access import Policy, group_id
 from fspd.daemon.events import EventHub
+from fspd.daemon.fleet_view import FleetView
 from fspd.daemon.scheduler import Scheduler
 from fspd.daemon.sdnotify import Notifier, listen_fds
 from fspd.daemon.spool import Spool
@@ -65,6 +66,7 @@ class Service:
         fleet_spool = settings.fleet.spool_dir if settings.fleet is not None else None
         # [fleet] spool_dir: job files there are enqueued into the fleet (fleet_spool.py)
         self.fleet_spool = Spool(fleet_spool) if fleet_spool is not None else None
+        self.fleet_view = FleetView()  # GET /v1/fleet
         self.fleet_watcher = DirWatcher(self.fleet_spool.box("new")) if self.fleet_spool \
             else None
         self.started = time.monotonic()
@@ -175,6 +177,7 @@ class Service:
             self.events.close()
             if self._runner is not None:
                 await self._runner.cleanup()
+            await self.fleet_view.close()
             with contextlib.suppress(FileNotFoundError):
                 if self._own_socket:
                     os.unlink(self.socket_path)

@@ -236,3 +236,10 @@ class JobTable:
                 break
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return sorted(items[:limit], key=lambda i: (i.get("submitted", 0), i["job"]))
+
+
+def listing(table: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every job as ``fspd status --fleet --json`` and the control socket's ``GET /v1/fleet``
+    list it: the item without its job file's text."""
+    return {"table": table, "jobs": [{k: v for k, v in i.items() if k != "spec"}
+                                     for i in items]}
