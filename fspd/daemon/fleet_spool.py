@@ -18,6 +18,7 @@ never both take it), read whole (no symlinks, size bounded) and moved on, never 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = get_logger("fspd.daemon.fleet_spool")
 _SERVICE_ERRORS = (ApiError, Unreachable, BotoCoreError)
+TMP_CLEAN_INTERVAL_S = 3600.0
 
 
 class FleetSpool:
@@ -114,6 +116,7 @@ async def watch_fleet_spool(service: Service, spool: Spool, watcher: DirWatcher)
     pause, the files waiting where they are."""
     fleet = service.settings.fleet
     assert fleet is not None
+    cleaned = -math.inf
     while True:
         try:
             async with open_services(service.settings, fleet) as svc:
@@ -125,6 +128,11 @@ async def watch_fleet_spool(service: Service, spool: Spool, watcher: DirWatcher)
                 while True:
                     await passes.scan()
                     s = service.settings.daemon
+                    if time.monotonic() - cleaned >= min(TMP_CLEAN_INTERVAL_S,
+                                                         s.stale_tmp_after_s):
+                        cleaned = time.monotonic()  # writers that died half way, as spool's
+                        if removed := spool.clean_tmp(s.stale_tmp_after_s):
+                            log.info("stale_tmp_removed", spool=str(spool.root), files=removed)
                     passes.limit = s.max_job_file_bytes
                     await watcher.wait(s.rescan_interval_s if watcher.using_inotify
                                        else min(s.poll_interval_s, s.rescan_interval_s))

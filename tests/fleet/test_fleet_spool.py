@@ -51,6 +51,10 @@ def test_a_job_dropped_in_the_fleet_spool_is_enqueued_and_run_by_the_fleet(
     make_bucket(fleet_endpoints)
     assert fleet_cli("fspd fleet init").returncode == 0
     fleet_spool = Spool(tmp_path / "fleet-spool")
+    fleet_spool.ensure()
+    stale = fleet_spool.box("tmp") / "died-half-way.toml"  # a writer that died a day ago
+    stale.write_text("verb = ")
+    os.utime(stale, (1e9, 1e9))
     d = make_daemon("--config", str(_serve_config(tmp_path, fleet_spool.root)),
                     root=tmp_path / "host-a")
     image = _image(tmp_path, (2 << 20) + 4321)
@@ -71,6 +75,7 @@ def test_a_job_dropped_in_the_fleet_spool_is_enqueued_and_run_by_the_fleet(
     assert fleet_spool.names("new") == [] and fleet_spool.names("active") == []
     assert not d.spool.names("done") and not d.spool.names("failed")  # not the local spool
     assert '"fleet_spool_enqueued"' in d.log()
+    wait_for(lambda: not stale.exists(), 30, "the stale tmp/ file to be removed")
 
 
 def test_a_bad_or_duplicate_job_file_goes_to_failed_naming_why(
