@@ -178,6 +178,9 @@ class FleetSettings(_Section):
     heartbeat_s: float = Field(60.0, ge=1, le=3600)  # renew the lease this often
     max_receive_count: int = Field(5, ge=1, le=1000)  # deliveries before the DLQ
     receive_wait_s: int = Field(20, ge=0, le=20)  # SQS long poll (0..20)
+    # Pace EBS Direct requests at transfer.per_account_rps / N, N the fleet's hosts running
+    # jobs (a registry item in the table); false = each host paces at all of it
+    share_account_rps: bool = True
     # A spool directory (tmp/ new/ active/ done/ failed/, as daemon.spool_dir) whose job
     # files `fspd serve` enqueues into the fleet, as `fspd submit --fleet` does; None or ""
     # = none. Not daemon.spool_dir. Restart to change.

@@ -5,6 +5,7 @@ spool's jobs (fspd/fleet/lifecycle.py keeps their lease; the scheduler runs them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -12,9 +13,11 @@ from botocore.exceptions import BotoCoreError
 
 from fspd import jobs
 from fspd.config import Settings
+from fspd.daemon.fleet_pacing import share_account_pacing
 from fspd.daemon.scheduler import Scheduler
 from fspd.errors import BadInput, FspdError
 from fspd.fleet.checkpoints import CheckpointStore
+from fspd.fleet.hosts import HostRegistry
 from fspd.fleet.lifecycle import Fleet
 from fspd.fleet.queue import JobQueue
 from fspd.fleet.services import open_services
@@ -53,25 +56,41 @@ async def _draw(scheduler: Scheduler, settings: Settings) -> None:
                      CheckpointStore(svc.s3, fleet, table), host_id())
         scheduler.fleet_host = host
         log.info("fleet_joined", queue=fleet.queue, table=fleet.table, host=host.host)
-        while True:
-            free = scheduler.free_slots()
-            if free <= 0:
-                await asyncio.sleep(settings.daemon.poll_interval_s)
-                continue
-            try:
-                for delivery in await host.queue.receive(free):
-                    taken = await host.take(delivery)
-                    if taken is None:
-                        continue
-                    try:
-                        spec = jobs.parse(taken.spec.encode(), taken.filename)
-                    except BadInput as exc:  # checked at submit: a job edited in the table
-                        await table.finish(taken.lease, DEAD, reason=str(exc))
-                        await host.queue.dead_letter(delivery, str(exc))
-                        continue
-                    scheduler.start_fleet_job(host, taken, spec)
-            except (ApiError, Unreachable) as exc:
-                if isinstance(exc, ApiError) and "NonExistentQueue" in exc.code:
-                    raise
-                log.warning("fleet_receive_failed", error=str(exc))
-                await asyncio.sleep(ERROR_PAUSE_S)
+        started = asyncio.Event()  # a fleet job started: renew this host's pacing share now
+        pacing = asyncio.create_task(share_account_pacing(
+            scheduler, HostRegistry(svc.dynamodb, fleet.table), host.host, fleet, started)
+        ) if fleet.share_account_rps else None
+        try:
+            await _take_jobs(scheduler, settings, host, table, started)
+        finally:
+            if pacing is not None:
+                pacing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pacing
+
+
+async def _take_jobs(scheduler: Scheduler, settings: Settings, host: Fleet, table: JobTable,
+                     started: asyncio.Event) -> None:
+    while True:
+        free = scheduler.free_slots()
+        if free <= 0:
+            await asyncio.sleep(settings.daemon.poll_interval_s)
+            continue
+        try:
+            for delivery in await host.queue.receive(free):
+                taken = await host.take(delivery)
+                if taken is None:
+                    continue
+                try:
+                    spec = jobs.parse(taken.spec.encode(), taken.filename)
+                except BadInput as exc:  # checked at submit: a job edited in the table
+                    await table.finish(taken.lease, DEAD, reason=str(exc))
+                    await host.queue.dead_letter(delivery, str(exc))
+                    continue
+                scheduler.start_fleet_job(host, taken, spec)
+                started.set()
+        except (ApiError, Unreachable) as exc:
+            if isinstance(exc, ApiError) and "NonExistentQueue" in exc.code:
+                raise
+            log.warning("fleet_receive_failed", error=str(exc))
+            await asyncio.sleep(ERROR_PAUSE_S)

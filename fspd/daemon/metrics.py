@@ -53,4 +53,7 @@ def render(scheduler: Scheduler) -> str:
                "since start (taken, done, failed, fenced, duplicate, held_elsewhere, "
                "dead_lettered, heartbeat_failed).",
                [({"host": host.host, "event": k}, v) for k, v in sorted(host.counts.items())])
+        metric("fspd_fleet_account_share", "gauge", "This host's share of "
+               "transfer.per_account_rps (1 / the fleet's hosts running jobs).",
+               [({"host": host.host}, scheduler.pool.region.account_share)])
     return "\n".join(lines) + "\n"

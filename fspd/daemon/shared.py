@@ -64,6 +64,9 @@ class _Layout(ctypes.Structure):
         ("lock_dev", ctypes.c_uint64 * TARGET_SLOTS),
         ("lock_ino", ctypes.c_uint64 * TARGET_SLOTS),
         ("lock_job", (ctypes.c_char * JOB_ID_BYTES) * TARGET_SLOTS),
+        # This host's share (0..1] of per_account_rps: 1 alone, 1/N among N fleet hosts
+        # running jobs (fspd/daemon/fleet_pacing.py)
+        ("account_share", ctypes.c_double),
     ]
 
 
@@ -84,8 +87,20 @@ class SharedRegion:
         s = region.s
         s.mem_units, s.mem_blocker, s.bw_burst_s = memory_units, -1, burst_s
         s.bw_stamp = time.monotonic()
+        s.account_share = 1.0
         region.set_rate(bandwidth)
         return region
+
+    @property
+    def account_share(self) -> float:
+        return self.s.account_share
+
+    def set_account_share(self, share: float) -> None:
+        """The share of ``transfer.per_account_rps`` this host's requests may use, now."""
+        if not 0 < share <= 1:
+            raise ValueError("an account share is in (0, 1]")
+        with self.locked() as s:
+            s.account_share = float(share)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[_Layout]:
@@ -346,14 +361,18 @@ class SharedRateController(RateController):
     to this worker's answers, its pace is kept with every worker's requests on the stream."""
 
     def __init__(self, max_rate: float, *, region: SharedRegion, key: int,
-                 parent: RateController | None = None) -> None:
+                 parent: RateController | None = None, account: bool = False) -> None:
         super().__init__(max_rate, parent=parent)
         self.region = region
         self.key = key
+        self.account = account  # an account's stream: paced at most at the host's share
 
     def reserve(self) -> float:
         now = self.clock.monotonic()  # CLOCK_MONOTONIC: one clock for every worker
-        return self.region.next_slot(self.key, now, self.burst_s, 1.0 / self.rate)
+        rate = self.rate
+        if self.account:
+            rate = min(rate, max(self.min_rate, self.max_rate * self.region.account_share))
+        return self.region.next_slot(self.key, now, self.burst_s, 1.0 / rate)
 
 
 class WorkerLimits(SharedLimits):
@@ -381,7 +400,8 @@ class WorkerLimits(SharedLimits):
             parent = self._rates.get(account_key)
             if parent is None:
                 parent = self._rates[account_key] = SharedRateController(
-                    self.per_account_rps, region=self.region, key=stream_key(*account_key))
+                    self.per_account_rps, region=self.region, key=stream_key(*account_key),
+                    account=True)
             rate = self._rates[key] = SharedRateController(
                 self.per_snapshot_rps, region=self.region, key=stream_key(*key), parent=parent)
         return rate

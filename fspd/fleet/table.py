@@ -24,6 +24,8 @@ from fspd.retry import ApiError
 QUEUED, RUNNING, DONE, FAILED, DEAD = "queued", "running", "done", "failed", "dead"
 STATES = (QUEUED, RUNNING, DONE, FAILED, DEAD)
 MAX_LISTED = 100_000  # bound on `fspd status --fleet`'s scan
+# Keys of the table's own items (fspd/fleet/hosts.py); never a job id ([A-Za-z0-9._-]).
+RESERVED_PREFIX = "#"
 _CONFLICT = "ConditionalCheckFailedException"
 
 
@@ -96,6 +98,8 @@ class JobTable:
         return item_to_dict(result["Attributes"])
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
+        if job_id.startswith(RESERVED_PREFIX):  # the table's own items (fleet/hosts.py)
+            return None
         result = await call(self.db, "GetItem", TableName=self.name, Key={"job": _s(job_id)},
                             ConsistentRead=True)
         return item_to_dict(result["Item"]) if "Item" in result else None
@@ -231,7 +235,8 @@ class JobTable:
         params: dict[str, Any] = {"TableName": self.name, "ConsistentRead": True}
         while len(items) < limit:
             page = await call(self.db, "Scan", **params)
-            items += [item_to_dict(i) for i in page.get("Items", [])]
+            items += [item_to_dict(i) for i in page.get("Items", [])
+                      if not i["job"]["S"].startswith(RESERVED_PREFIX)]
             if "LastEvaluatedKey" not in page:
                 break
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
