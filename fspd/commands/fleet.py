@@ -169,7 +169,7 @@ def submit_fleet(args: argparse.Namespace, data: bytes, filename: str) -> int:
     from fspd.fleet.queue import JobQueue
     from fspd.fleet.table import JobTable
 
-    spec = jobs.parse(data, filename)
+    spec = jobs.parse(data, filename, fleet=True)
     job_id = job_id_for(spec.name, filename, data)
     settings = _settings(args)
     fleet = _fleet(settings)

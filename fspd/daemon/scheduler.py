@@ -354,9 +354,12 @@ class Scheduler:
             return body, files
 
         async def run(_lease: Any) -> Any:
-            return await self.pool.run(rec.spec, settings, job_id=job_id,
-                                       progress=rec.progress, state_dir=state_dir,
-                                       control=rec.control)
+            result = await self.pool.run(rec.spec, settings, job_id=job_id,
+                                         progress=rec.progress, state_dir=state_dir,
+                                         control=rec.control)
+            # its notes (a resume refused, a restart) show in `fspd status JOB`
+            rec.result = {**result, "job": rec.id, "attempt": taken.lease.attempt}
+            return result
 
         log.info("fleet_job_started", job=rec.id, attempt=taken.lease.attempt,
                  resumed=rec.restarted)
