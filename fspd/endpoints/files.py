@@ -338,6 +338,10 @@ class FileSink:
             return False
         try:
             self._check_host(state.get("target"))
+            if self._created:  # O_EXCL succeeded: nothing was at the path
+                target = state.get("target")
+                raise ValueError(f"{self._whose(target)} wrote {self.path}, which does not "
+                                 f"exist {self._where(target)}")
             if exact_size and os.fstat(self._fd).st_size != info.volume_size:
                 raise ValueError("the target's size changed")
             self.written = decode_bitmap(state["bitmap"], info.block_count)
@@ -379,8 +383,16 @@ class FileSink:
                              f"wrote {saved.get('path')}; this host ({self.host}) writes "
                              f"{self.path}: the blocks written there are not reachable here")
 
-    def _from_other_host(self, saved: dict[str, Any]) -> bool:
-        return saved.get("host") not in (None, self.host)
+    def _from_other_host(self, saved: Any) -> bool:
+        return isinstance(saved, dict) and saved.get("host") not in (None, self.host)
+
+    def _whose(self, saved: Any) -> str:
+        """Who wrote the target the journal describes, in words."""
+        return f"the interrupted run on fleet host {saved['host']}" \
+            if self._from_other_host(saved) else "the interrupted run"
+
+    def _where(self, saved: Any) -> str:
+        return f"on this host ({self.host})" if self._from_other_host(saved) else "any more"
 
     def _check_identity(self, saved: Any, written: Bitmap) -> None:
         """Raise ValueError unless the target is the one the checkpoint describes."""
@@ -391,8 +403,7 @@ class FileSink:
         other = self._from_other_host(saved)
         if other:  # device numbers are per host (a shared NFS file has another st_dev there)
             keys = ("size",) if self.device else ("size", "ino")
-        whose = f"the interrupted run on fleet host {saved['host']}" if other else \
-            "the interrupted run"
+        whose = self._whose(saved)
         for key in keys:
             if saved.get(key) != now[key]:
                 raise ValueError(f"{self.path} is not the file {whose} wrote (its {key} "

@@ -78,10 +78,12 @@ def init(fleet_cli: Runner, moto: str) -> None:
 # --- download ------------------------------------------------------------------------------
 
 def _download_taken_over(make_daemon: Callable[..., Daemon], emulator: EmulatorControl,
-                         fleet_cli: Runner, moto: str, tmp_path: Path, path: str
+                         fleet_cli: Runner, moto: str, tmp_path: Path, path: str,
+                         meanwhile: Callable[[], None] = lambda: None
                          ) -> tuple[str, int, Daemon, dict[str, Any]]:
-    """A download held after 4 GETs on host-a, killed once its S3 journal claims blocks,
-    finished by host-b: (snapshot, blocks host-a's journal claimed, host-b, its record)."""
+    """A download held after 4 GETs on host-a, killed once its S3 journal claims blocks
+    (then ``meanwhile``), finished by host-b: (snapshot, blocks host-a's journal claimed,
+    host-b, its record)."""
     init(fleet_cli, moto)
     snap = emulator.synthetic(volume_size=1, allocation="sparse", density=0.01, seed=21)
     emulator.faults(hold_after=4, operations=["GetSnapshotBlock"])
@@ -95,6 +97,7 @@ def _download_taken_over(make_daemon: Callable[..., Daemon], emulator: EmulatorC
     durable = wait_for(lambda: claimed() >= 2 and claimed(), 60,
                        "host-a's journal in S3 to claim written blocks")
     kill_9(a)
+    meanwhile()
     emulator.clear_faults()
     emulator.reset_stats()
     b = start_fleet(make_daemon, fleet_cli, moto, tmp_path, "host-b")
@@ -133,6 +136,21 @@ async def test_a_download_to_a_per_host_path_restarts_on_the_new_host_and_says_w
     assert emulator.stats()["requests"]["GetSnapshotBlock"] == record["result"]["blocks_done"]
     await assert_file_is_volume(tmp_path / "out-host-b.img", emulator, ebs, snap, 1 << 30)
     assert '"resume_refused"' in b.log()
+
+
+async def test_a_download_whose_file_is_gone_on_the_new_host_restarts_and_says_why(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
+        fleet_endpoints: str, ebs: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.img"
+    snap, _durable, _b, record = _download_taken_over(
+        make_daemon, emulator, fleet_cli, fleet_endpoints, tmp_path, str(out), out.unlink)
+    assert record["state"] == "completed", record
+    [note] = record["result"]["notes"]
+    assert f"fleet host host-a wrote {out}, which does not exist on this host (host-b)" \
+        in note and "restarting" in note, note
+    assert record["result"]["blocks_resumed"] == 0
+    assert emulator.stats()["requests"]["GetSnapshotBlock"] == record["result"]["blocks_done"]
+    await assert_file_is_volume(out, emulator, ebs, snap, 1 << 30)
 
 
 def test_host_placeholder_outside_a_fleet_job_is_refused_naming_the_field(
