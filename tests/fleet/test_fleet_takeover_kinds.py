@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiobotocore.session import AioSession
 
 from fspd.emulator.control import EmulatorControl
@@ -28,6 +29,9 @@ from tests.fleet.test_fleet_serve import TAKEOVER, _fleet_item, _s3_journal
 from tests.s3._support import assert_archive_is_exactly, assert_file_is_volume, s3_client
 
 make_daemon = daemon_fixtures.make_daemon  # a real `fspd serve` per host
+
+# Each test waits out a 10 s lease between two daemons' start-ups: generous on a loaded machine.
+pytestmark = pytest.mark.timeout(300)
 
 ARCHIVES = "fleet-archives"
 

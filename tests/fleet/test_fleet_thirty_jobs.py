@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiobotocore.session import AioSession
 
 from fspd.emulator.control import EmulatorControl
@@ -70,6 +71,7 @@ def _metric(metrics: str, event: str) -> int:
                if line.startswith("fspd_fleet_jobs_total{") and f'event="{event}"' in line)
 
 
+@pytest.mark.timeout(400)  # 90-100 s at load average 13 on 2 cores: three daemons, 30 jobs
 async def test_three_hosts_share_thirty_jobs_and_each_completes_exactly_once(
         make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
         fleet_endpoints: str, ebs: Any, aws_session: AioSession, tmp_path: Path) -> None:
