@@ -24,7 +24,7 @@ from tests.cli.conftest import Runner
 from tests.daemon import conftest as daemon_fixtures
 from tests.daemon.conftest import Daemon, download_job, upload_job, wait_for, write_config
 from tests.daemon.test_crash_resume import assert_same_volume_across_regions
-from tests.fleet.conftest import make_bucket
+from tests.fleet.conftest import BUCKET, make_bucket
 from tests.fleet.test_fleet_serve import TAKEOVER, _fleet_item, _s3_journal
 from tests.s3._support import assert_archive_is_exactly, assert_file_is_volume, s3_client
 
@@ -114,8 +114,20 @@ async def test_a_download_taken_over_skips_the_blocks_written_to_the_same_file(
         fleet_endpoints: str, ebs: Any, tmp_path: Path) -> None:
     out = tmp_path / "shared" / "out.img"  # one path both hosts reach (one machine here)
     out.parent.mkdir()
+
+    def seen_from_another_host() -> None:
+        """A shared (NFS) file has another device number on each host: host-a's journal
+        says so. Its inode, size and sampled blocks are what identify it."""
+        item = _fleet_item(fleet_cli, "dl")
+        journal = _s3_journal(fleet_endpoints, item)
+        for sink in journal["sinks"].values():
+            sink["target"]["dev"] += 1
+        s3_client(fleet_endpoints).put_object(Bucket=BUCKET, Key=item["checkpoint_key"],
+                                              Body=json.dumps(journal).encode())
+
     snap, durable, _b, record = _download_taken_over(
-        make_daemon, emulator, fleet_cli, fleet_endpoints, tmp_path, str(out))
+        make_daemon, emulator, fleet_cli, fleet_endpoints, tmp_path, str(out),
+        seen_from_another_host)
     assert record["state"] == "completed", record
     result = record["result"]
     assert result["resumed"] and result["blocks_resumed"] >= durable, result
