@@ -247,8 +247,8 @@ class FileSink:
         self.host = ctx.settings.fleet.host if ctx.settings.fleet is not None else None
         if HOST_PLACEHOLDER in path:
             if self.host is None:
-                raise BadInput(f"{HOST_PLACEHOLDER} is expanded only in a fleet job (this "
-                               "daemon has no [fleet] section)", field=f"{name}.path")
+                raise BadInput(f"{HOST_PLACEHOLDER} is expanded only in a fleet job (the "
+                               "configuration has no [fleet] section)", field=f"{name}.path")
             path = path.replace(HOST_PLACEHOLDER, self.host)
             self.raw_path = path
         # Two writers keep the disk busy; more only contend for the file's inode lock
