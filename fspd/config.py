@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -178,6 +179,9 @@ class FleetSettings(_Section):
     heartbeat_s: float = Field(60.0, ge=1, le=3600)  # renew the lease this often
     max_receive_count: int = Field(5, ge=1, le=1000)  # deliveries before the DLQ
     receive_wait_s: int = Field(20, ge=0, le=20)  # SQS long poll (0..20)
+    # This host's name in the fleet: the owner it writes in the table (with its pid), and
+    # what ``{host}`` in a fleet job's file destination path becomes. Default: the hostname.
+    host: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     # Pace EBS Direct requests at transfer.per_account_rps / N, N the fleet's hosts running
     # jobs (a registry item in the table); false = each host paces at all of it
     share_account_rps: bool = True

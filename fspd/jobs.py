@@ -416,19 +416,38 @@ def from_verb(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate(data: Any) -> JobSpec:
+# In a file destination's path of a fleet job: the name of the host that runs it
+# (``[fleet] host``), so each host writes its own file (docs/fleet.md).
+HOST_PLACEHOLDER = "{host}"
+
+
+def host_placeholders(spec: JobSpec) -> list[str]:
+    """The fields (``destinations[i].path``) whose value holds ``{host}``."""
+    return [f"destinations[{i}].path" for i, d in enumerate(spec.destinations)
+            if isinstance(d, FileDestinationSpec) and HOST_PLACEHOLDER in d.path]
+
+
+def validate(data: Any, *, fleet: bool = False) -> JobSpec:
+    """A job spec from its parsed file. ``{host}`` in a file destination's path is accepted
+    only for a fleet job (``fleet``), where the host that runs it expands it."""
     if not isinstance(data, dict):
         raise BadInput("a job must be a table/object", field="(job)")
     if "verb" in data:
         data = from_verb(data)
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise describe_validation_error(exc) from None
+    if not fleet and (named := host_placeholders(spec)):
+        raise BadInput(f"{HOST_PLACEHOLDER} is the name of the fleet host that runs the job: "
+                       "it is expanded only in a fleet job (`fspd submit --fleet`)",
+                       field=named[0])
+    return spec
 
 
-def parse(data: bytes, filename: str = "job") -> JobSpec:
-    """Parse a job file's bytes (TOML or JSON, picked by extension, else by content)."""
+def parse(data: bytes, filename: str = "job", *, fleet: bool = False) -> JobSpec:
+    """Parse a job file's bytes (TOML or JSON, picked by extension, else by content);
+    ``fleet``: see :func:`validate`."""
     if len(data) > MAX_JOB_FILE_BYTES:
         raise BadInput(f"job file is {len(data)} bytes; the limit is {MAX_JOB_FILE_BYTES}",
                        field="(file)")
@@ -443,7 +462,7 @@ def parse(data: bytes, filename: str = "job") -> JobSpec:
     except (ValueError, RecursionError) as exc:
         kind = "JSON" if as_json else "TOML"
         raise BadInput(f"not valid {kind}: {exc}", field="(file)") from None
-    return validate(parsed)
+    return validate(parsed, fleet=fleet)
 
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -171,7 +171,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         data = path.read_bytes()
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}", field="jobfile") from None
-    jobs.parse(data, path.name)  # refuse a bad job here rather than in failed/
+    jobs.parse(data, path.name, fleet=args.fleet)  # refuse a bad job here rather than in failed/
     if args.fleet:
         if args.wait:
             raise BadInput("--wait is for the local daemon; follow a fleet job with "

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 
 from botocore.exceptions import BotoCoreError
 
@@ -29,10 +28,10 @@ log = get_logger("fspd.daemon.fleet")
 ERROR_PAUSE_S = 5.0  # after the fleet's services failed to answer
 
 
-def host_id() -> str:
-    """This daemon in the table's ``owner``: host name and pid (two daemons on one host are
-    two owners)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def host_id(name: str) -> str:
+    """This daemon in the table's ``owner``: its fleet host name (``[fleet] host``) and pid
+    (two daemons on one host are two owners)."""
+    return f"{name}:{os.getpid()}"
 
 
 async def draw_jobs(scheduler: Scheduler, settings: Settings) -> None:
@@ -53,7 +52,7 @@ async def _draw(scheduler: Scheduler, settings: Settings) -> None:
     async with open_services(settings, fleet) as svc:
         table = JobTable(svc.dynamodb, fleet.table)
         host = Fleet(fleet, table, JobQueue(svc.sqs, fleet),
-                     CheckpointStore(svc.s3, fleet, table), host_id())
+                     CheckpointStore(svc.s3, fleet, table), host_id(fleet.host))
         scheduler.fleet_host = host
         log.info("fleet_joined", queue=fleet.queue, table=fleet.table, host=host.host)
         started = asyncio.Event()  # a fleet job started: renew this host's pacing share now
@@ -82,7 +81,7 @@ async def _take_jobs(scheduler: Scheduler, settings: Settings, host: Fleet, tabl
                 if taken is None:
                     continue
                 try:
-                    spec = jobs.parse(taken.spec.encode(), taken.filename)
+                    spec = jobs.parse(taken.spec.encode(), taken.filename, fleet=True)
                 except BadInput as exc:  # checked at submit: a job edited in the table
                     await table.finish(taken.lease, DEAD, reason=str(exc))
                     await host.queue.dead_letter(delivery, str(exc))

@@ -38,6 +38,9 @@ from fspd.run import state_dir_for
 log = get_logger("fspd.daemon")
 
 MAX_LISTED_MATCHES = 10  # an ambiguous job prefix lists at most this many ids
+# Files beside a job's journal that it relies on, saved with a fleet job's checkpoint in S3 so
+# another host can resume: an upload's digest log, an S3 archive's local manifest.
+JOURNAL_FILES = ("*.digests", "*.manifest.jsonl")
 
 
 @dataclass
@@ -339,14 +342,14 @@ class Scheduler:
         uploaded: dict[str, tuple[int, int]] = {}  # file beside the journal → (size, mtime)
 
         def saved() -> tuple[bytes, dict[str, bytes]] | None:
-            """The journal, then the digest logs that back it (read after it, so they hold
-            at least what it claims), those changed since the last save."""
+            """The journal, then the files that back it (read after it, so they hold at
+            least what it claims), those changed since the last save."""
             try:
                 body = journal.read_bytes()
             except FileNotFoundError:
                 return None
             files = {}
-            for path in state_dir.glob("*.digests"):
+            for path in (p for pattern in JOURNAL_FILES for p in state_dir.glob(pattern)):
                 stat = path.stat()
                 if uploaded.get(path.name) != (stat.st_size, stat.st_mtime_ns):
                     files[path.name] = path.read_bytes()
@@ -354,9 +357,12 @@ class Scheduler:
             return body, files
 
         async def run(_lease: Any) -> Any:
-            return await self.pool.run(rec.spec, settings, job_id=job_id,
-                                       progress=rec.progress, state_dir=state_dir,
-                                       control=rec.control)
+            result = await self.pool.run(rec.spec, settings, job_id=job_id,
+                                         progress=rec.progress, state_dir=state_dir,
+                                         control=rec.control)
+            # its notes (a resume refused, a restart) show in `fspd status JOB`
+            rec.result = {**result, "job": rec.id, "attempt": taken.lease.attempt}
+            return result
 
         log.info("fleet_job_started", job=rec.id, attempt=taken.lease.attempt,
                  resumed=rec.restarted)

@@ -34,7 +34,7 @@ from fspd.endpoint import Gap, VolumeInfo
 from fspd.endpoints import registry, safeopen
 from fspd.endpoints.paths import check_read, check_write
 from fspd.errors import BadInput, TransferFailed
-from fspd.jobs import FileDestinationSpec, FileSourceSpec, JobSpec
+from fspd.jobs import HOST_PLACEHOLDER, FileDestinationSpec, FileSourceSpec, JobSpec
 from fspd.log import get_logger
 
 log = get_logger("fspd.files")
@@ -242,6 +242,15 @@ class FileSink:
         self.name = name
         self.raw_path = path
         self.mode = mode
+        # The fleet host running the job (``[fleet] host``): it names itself in the journal,
+        # and ``{host}`` in the path becomes it (refused when the job is not a fleet job).
+        self.host = ctx.settings.fleet.host if ctx.settings.fleet is not None else None
+        if HOST_PLACEHOLDER in path:
+            if self.host is None:
+                raise BadInput(f"{HOST_PLACEHOLDER} is expanded only in a fleet job (the "
+                               "configuration has no [fleet] section)", field=f"{name}.path")
+            path = path.replace(HOST_PLACEHOLDER, self.host)
+            self.raw_path = path
         # Two writers keep the disk busy; more only contend for the file's inode lock
         # (measured: 4 concurrent pwrite threads cost ~20 % more CPU per block than 1-2).
         self.concurrency = 2
@@ -328,12 +337,18 @@ class FileSink:
         if not state or state.get("type") != "file":
             return False
         try:
+            self._check_host(state.get("target"))
+            if self._created:  # O_EXCL succeeded: nothing was at the path
+                target = state.get("target")
+                raise ValueError(f"{self._whose(target)} wrote {self.path}, which does not "
+                                 f"exist {self._where(target)}")
             if exact_size and os.fstat(self._fd).st_size != info.volume_size:
                 raise ValueError("the target's size changed")
             self.written = decode_bitmap(state["bitmap"], info.block_count)
             self._check_identity(state.get("target"), self.written)
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            self.ctx.note(f"{self.name}: cannot resume ({exc}); writing it again")
+            self.ctx.note(f"{self.name}: cannot resume ({exc}); restarting: writing every "
+                          "block again")
             log.warning("resume_refused", destination=self.name, path=str(self.path),
                         reason=str(exc))
             self.written = Bitmap(info.block_count)
@@ -353,7 +368,31 @@ class FileSink:
         else:
             ident.update(dev=st.st_dev, ino=st.st_ino)
         ident["sample"] = {str(i): d for i, d in self._sample.items() if i in written}
+        ident["path"] = str(self.path)
+        if self.host is not None:
+            ident["host"] = self.host
         return ident
+
+    def _check_host(self, saved: Any) -> None:
+        """Raise ValueError, saying why, when the journal comes from another fleet host that
+        wrote another path (a per-host path): what it wrote is not reachable from here."""
+        if not isinstance(saved, dict) or saved.get("host") in (None, self.host):
+            return
+        if saved.get("path") != str(self.path):
+            raise ValueError(f"the checkpoint comes from fleet host {saved['host']}, which "
+                             f"wrote {saved.get('path')}; this host ({self.host}) writes "
+                             f"{self.path}: the blocks written there are not reachable here")
+
+    def _from_other_host(self, saved: Any) -> bool:
+        return isinstance(saved, dict) and saved.get("host") not in (None, self.host)
+
+    def _whose(self, saved: Any) -> str:
+        """Who wrote the target the journal describes, in words."""
+        return f"the interrupted run on fleet host {saved['host']}" \
+            if self._from_other_host(saved) else "the interrupted run"
+
+    def _where(self, saved: Any) -> str:
+        return f"on this host ({self.host})" if self._from_other_host(saved) else "any more"
 
     def _check_identity(self, saved: Any, written: Bitmap) -> None:
         """Raise ValueError unless the target is the one the checkpoint describes."""
@@ -361,18 +400,21 @@ class FileSink:
             raise ValueError("the checkpoint does not identify the target")
         now = self._target_identity(Bitmap(0))
         keys = ("size", "rdev") if self.device else ("size", "dev", "ino")
+        other = self._from_other_host(saved)
+        if other:  # device numbers are per host (a shared NFS file has another st_dev there)
+            keys = ("size",) if self.device else ("size", "ino")
+        whose = self._whose(saved)
         for key in keys:
             if saved.get(key) != now[key]:
-                raise ValueError(f"{self.raw_path} is not the file the interrupted run wrote "
-                                 f"(its {key} changed)")
+                raise ValueError(f"{self.path} is not the file {whose} wrote (its {key} "
+                                 "changed)")
         for text, want in saved["sample"].items():
             index = int(text)
             if index not in written:
                 continue
             got = digest(pad_block(os.pread(self._fd, BLOCK_SIZE, index * BLOCK_SIZE))).hex()
             if got != want:
-                raise ValueError(f"block {index} of {self.raw_path} is not what the "
-                                 "interrupted run wrote")
+                raise ValueError(f"block {index} of {self.path} is not what {whose} wrote")
             self._note_sample(index, want)
 
     def _note_sample(self, index: int, hexdigest: str) -> None:

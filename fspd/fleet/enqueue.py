@@ -35,7 +35,7 @@ async def enqueue(table: JobTable, queue: JobQueue, data: bytes, filename: str, 
     after a crash or an outage) and the item is this very file, never claimed: then its
     message may never have been sent, and is sent now (at worst a second message, which the
     hosts treat as a duplicate delivery)."""
-    spec = jobs.parse(data, filename)
+    spec = jobs.parse(data, filename, fleet=True)  # {host} allowed: expanded by its host
     job_id = job_id_for(spec.name, filename, data)
     text = data.decode("utf-8")
     try:

@@ -63,6 +63,8 @@ def fleet_moto(fleet_moto_url: str) -> str:
     """The fleet's moto with its state reset."""
     req = urllib.request.Request(f"{fleet_moto_url}/moto-api/reset", method="POST")
     urllib.request.urlopen(req, timeout=10).close()
+    req = urllib.request.Request(f"{fleet_moto_url}/_fspd/hold", method="DELETE")
+    urllib.request.urlopen(req, timeout=10).close()  # no UploadPart held (atomic_moto.py)
     return fleet_moto_url
 
 
