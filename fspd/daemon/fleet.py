@@ -5,6 +5,7 @@ spool's jobs (fspd/fleet/lifecycle.py keeps their lease; the scheduler runs them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -54,9 +55,12 @@ async def _draw(scheduler: Scheduler, settings: Settings) -> None:
         scheduler.fleet_host = host
         log.info("fleet_joined", queue=fleet.queue, table=fleet.table, host=host.host)
         while True:
+            scheduler.slot_freed.clear()  # before counting: a job ending after it sets it
             free = scheduler.free_slots()
             if free <= 0:
-                await asyncio.sleep(settings.daemon.poll_interval_s)
+                with contextlib.suppress(TimeoutError):  # the timeout: a safety net only
+                    await asyncio.wait_for(scheduler.slot_freed.wait(),
+                                           settings.daemon.poll_interval_s)
                 continue
             try:
                 for delivery in await host.queue.receive(free):
