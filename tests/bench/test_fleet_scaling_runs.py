@@ -27,10 +27,12 @@ def test_the_fleet_benchmark_prints_a_row_per_host_count_and_counts_requests() -
     header = lines.index(next(line for line in lines if line.lstrip().startswith("hosts  jobs")))
     rows = [line.split() for line in lines[header + 1:header + 3]]
     assert [r[:2] for r in rows] == [["1", "1"], ["2", "2"]], out.stdout
-    for r in rows:  # wall s, jobs/h, per host, efficiency, jobs taken per host
-        assert all(re.fullmatch(r"\d+(\.\d+)?", v) for v in r[2:6]), r
+    number = re.compile(r"\d+(\.\d+)?")
+    for r in rows:  # wall s, jobs/h, per host, efficiency, job s, (gap s,) CPU s/job, load
+        assert len(r) == 11 and all(number.fullmatch(v) for v in r[2:7] + r[8:10]), r
+        assert r[7] == "-" or number.fullmatch(r[7]), r  # one job per host: no gap
     assert rows[0][5] == "1.00"
-    assert rows[1][6].count("/") == 1 and sum(map(int, rows[1][6].split("/"))) == 2, rows[1]
+    assert sum(map(int, rows[1][-1].split("/"))) == 2, rows[1]  # jobs taken per host
 
     results = [json.loads(line) for line in lines if line.startswith("{")]
     assert [(r["hosts"], r["jobs"]) for r in results] == [(1, 1), (2, 2)]
