@@ -71,9 +71,12 @@ async def _draw(scheduler: Scheduler, settings: Settings) -> None:
 async def _take_jobs(scheduler: Scheduler, settings: Settings, host: Fleet, table: JobTable,
                      started: asyncio.Event) -> None:
     while True:
+        scheduler.slot_freed.clear()  # before counting: a job ending after it sets it
         free = scheduler.free_slots()
         if free <= 0:
-            await asyncio.sleep(settings.daemon.poll_interval_s)
+            with contextlib.suppress(TimeoutError):  # the timeout: a safety net only
+                await asyncio.wait_for(scheduler.slot_freed.wait(),
+                                       settings.daemon.poll_interval_s)
             continue
         try:
             for delivery in await host.queue.receive(free):

@@ -124,6 +124,10 @@ class Scheduler:
         self._seq = itertools.count()
         self._scan_lock = asyncio.Lock()
         self.fleet_host: Fleet | None = None  # set by fspd/daemon/fleet.py with [fleet]
+        # Set whenever a slot may have come free (dispatch runs at each job's end): the
+        # fleet's draw loop waits on it rather than polling, so a host asks SQS for its next
+        # job as soon as one ends.
+        self.slot_freed = asyncio.Event()
 
     # --- lookup and counts ---------------------------------------------------------------
 
@@ -255,6 +259,7 @@ class Scheduler:
     # --- running -------------------------------------------------------------------------
 
     def dispatch(self) -> None:
+        self.slot_freed.set()
         limit = self.settings.daemon.max_jobs
         while not self.stopping and len(self.running()) < limit:
             waiting = [r for r in self.jobs.values()

@@ -31,7 +31,7 @@ from fspd.blocks import BLOCK_SIZE
 from fspd.config import AwsSettings, RetrySettings, Settings, TransferSettings
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 from fspd.run import run_job
-from tests.bench import cores, floors, plots
+from tests.bench import cores, fleet_scaling, floors, plots
 from tests.bench.fsp_style import fsp_style_download
 from tests.bench.measure import Cost, measure
 from tests.bench.whole import WholeProcess
@@ -40,6 +40,7 @@ from tests.conftest import TEST_ALLOW_ENDPOINTS
 
 REGION, OTHER = "us-east-1", "us-west-2"
 SECTIONS = ["cpu", "tls", "whole", "rest"]
+EXTRA_SECTIONS = ["fleet"]  # long: only when named in --only
 TARGETS = {"download": 1.5, "upload": 1.5, "copy": 1.5}
 # Over TLS the issue asks for the rows, floor and fspd both over TLS; no target of their own.
 # movetos3 has no ratio target; the issue asks for MiB/s and CPU per block against the floor.
@@ -435,6 +436,19 @@ def whole_rows(args: argparse.Namespace, emu: EmulatorProcess, ctl: EmulatorCont
         f"the children it reaped, from wait4; best of {args.whole_reps})")))
 
 
+def fleet_rows(args: argparse.Namespace) -> None:
+    """tests/bench/fleet_scaling.py with the ``--fleet-*`` options (its own emulator: the
+    latency it adds must not slow the other sections)."""
+    own = argparse.Namespace(**{k.removeprefix("fleet_"): v for k, v in vars(args).items()
+                                if k.startswith("fleet_")})
+    try:
+        lines = fleet_scaling.report(own)
+    except ImportError as exc:  # moto is a test dependency: absent, the section is not run
+        print(f"\nFleet scaling: not run ({exc})")
+        return
+    print("\n" + "\n".join(lines))
+
+
 async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path) -> None:
     bench = Bench(emu, work, args.blocks)
     bench.reps = args.reps
@@ -461,6 +475,8 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
         elif "whole" in args.only:
             with MotoServer() as s3_url:  # FSP asks STS and S3 who the caller is: moto does
                 whole_rows(args, emu, bench.ctl, work, s3_url)
+        if "fleet" in args.only:
+            fleet_rows(args)
         if "rest" not in args.only:
             return
         print("\nLatency-bound throughput (download; bound = min(in-flight / latency, 1000/s))")
@@ -532,13 +548,16 @@ def main() -> int:
                         default=float(os.environ.get("FSPD_BENCH_WHOLE_GIB", "4")),
                         help="GiB moved by each whole-process case (default 4, or "
                         "$FSPD_BENCH_WHOLE_GIB)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS,
-                        help="run only these sections (rest: latency, throttling, memory)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS + EXTRA_SECTIONS,
+                        default=SECTIONS, help="run only these sections (rest: latency, "
+                        "throttling, memory; fleet, not run by default: 1 to 8 fspd serve "
+                        "hosts on one fleet, a few minutes)")
     parser.add_argument("--whole-reps", type=int, default=1,
                         help="runs per whole-process contender (cheapest kept)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
     parser.add_argument("--plot", metavar="DIR", help="also measure a latency sweep and RSS by "
                         "volume size, and write charts (PNG, SVG) to DIR (needs '.[bench]')")
+    fleet_scaling.add_arguments(parser, prefix="fleet-")
     args = parser.parse_args()
     if args.plot:
         try:
@@ -551,6 +570,8 @@ def main() -> int:
         args.caps, args.reps, args.memory_gib = [100], 1, 64
         args.daemon_jobs, args.daemon_density = 4, 0.02
         args.whole_gib, args.whole_reps = 1 / 32, 1
+        args.fleet_hosts, args.fleet_jobs_per_host, args.fleet_blocks = "1,2", 2, 8
+        args.fleet_latency_ms = 100.0
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAFSPDBENCH0000001")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
