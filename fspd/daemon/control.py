@@ -241,7 +241,9 @@ async def fleet_jobs(request: web.Request) -> web.Response:
     if prefix and not listed["jobs"]:
         raise ApiError(404, "NotFound", f"no fleet job {prefix!r} in table {listed['table']}",
                        "job")
-    return _json({"host": host_id(), **listed})
+    fleet = service.settings.fleet
+    assert fleet is not None  # the view answered: the daemon is in a fleet
+    return _json({"host": host_id(fleet.host), **listed})
 
 
 async def get_metrics(request: web.Request) -> web.Response:
