@@ -46,6 +46,7 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_CHUNK = 8 * BLOCK_SIZE
 _SAMPLE_BLOCKS = 8  # written blocks whose digests identify a target on resume
+READ_BATCH = 4  # blocks a file source's reading thread takes at once
 WRITE_BATCH = 8  # blocks a file's writer thread takes at once (and writers feeding it)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -126,6 +127,9 @@ class FileSource:
         self._fd = -1
         self.size = 0
         self.reads = 0
+        # Reads (pread, zero test, SHA-256: all release the GIL) on worker_threads threads,
+        # handed over in batches: one thread hop per batch, not per block.
+        self._reader: BatchedThreads | None = None
 
     async def open(self) -> VolumeInfo:
         try:
@@ -190,13 +194,19 @@ class FileSource:
 
     async def fetch(self, ref: BlockRef) -> Block:
         self.reads += 1
+        if self._reader is None:
+            self._reader = BatchedThreads(self.ctx.settings.transfer.worker_threads,
+                                          batch=READ_BATCH, name="fspd-read")
         try:
-            return await self.ctx.offload(self._read, ref.index)
+            return await self._reader.submit(self._read, ref.index)
         except OSError as exc:
             raise TransferFailed(f"reading {self.raw_path} at block {ref.index}: "
                                  f"{exc.strerror}") from None
 
     async def close(self) -> None:
+        if self._reader is not None:  # its queued reads end before the descriptor closes
+            self._reader.close()
+            self._reader = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
