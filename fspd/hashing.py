@@ -4,10 +4,7 @@ Verifying a 512 KiB block costs ~0.3 ms of CPU, a third of what the loop spends 
 hashing on the loop caps one snapshot stream at one core. hashlib releases the GIL for
 buffers this large, so threads can hash while the loop moves the next blocks. A hop to a
 thread costs ~30-40 us of CPU (futures, a lock, waking the thread and then the loop), so
-blocks go over in batches: a hashing thread takes every block waiting (up to ``batch``) and
-hands the digests back with one wake-up of the loop. While it hashes, the next blocks queue
-up, so under load the hop is paid once per batch, not per block. A second thread is woken
-only when more than a batch is waiting.
+blocks go over in batches (fspd/batched.py).
 
 With one usable CPU there is no core to spare and the loop hashes by itself (no hop).
 """
@@ -15,12 +12,11 @@ With one usable CPU there is no core to spare and the loop hashes by itself (no 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
+
+from fspd.batched import BatchedThreads
 
 if TYPE_CHECKING:
     from fspd.config import TransferSettings
@@ -48,58 +44,15 @@ def thread_count(settings: TransferSettings, cpus: int | None = None) -> int:
     return settings.hash_threads or max(1, min(cpus - 1, MAX_AUTO_THREADS))
 
 
-class BlockHasher:
+class BlockHasher(BatchedThreads):
     """``await hasher.digest(data)``: the raw SHA-256 of ``data``, computed on a thread."""
 
     def __init__(self, threads: int, *, batch: int = BATCH) -> None:
-        self.threads = threads
-        self.batch = batch
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fspd-hash")
-        self._lock = threading.Lock()
-        self._pending: list[tuple[bytes | memoryview, asyncio.Future[bytes]]] = []
-        self._draining = 0  # threads taking batches from _pending
-        self._loop: asyncio.AbstractEventLoop | None = None
+        super().__init__(threads, batch=batch, name="fspd-hash")
 
     def digest(self, data: bytes | memoryview) -> asyncio.Future[bytes]:
-        loop = self._loop = self._loop or asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        with self._lock:
-            self._pending.append((data, fut))
-            wake = self._draining == 0 or (self._draining < self.threads
-                                           and len(self._pending) > self.batch)
-            if wake:
-                self._draining += 1
-        if wake:
-            self._pool.submit(self._drain, loop)
-        return fut
-
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On a hashing thread: hash batches until nothing waits."""
-        while True:
-            with self._lock:
-                if not self._pending:
-                    self._draining -= 1
-                    return
-                batch = self._pending[:self.batch]
-                del self._pending[:self.batch]
-            try:
-                result: list[bytes] | BaseException = [hashlib.sha256(data).digest()
-                                                       for data, _ in batch]
-            except BaseException as exc:  # (MemoryError): the waiting fetches fail, not hang
-                result = exc
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_deliver, batch, result)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        return self.submit(_sha256, data)
 
 
-def _deliver(batch: list[tuple[bytes | memoryview, asyncio.Future[bytes]]],
-             result: list[bytes] | BaseException) -> None:
-    for i, (_, fut) in enumerate(batch):
-        if fut.done():  # its fetch was cancelled meanwhile
-            continue
-        if isinstance(result, BaseException):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result[i])
+def _sha256(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()

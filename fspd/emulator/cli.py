@@ -82,11 +82,14 @@ async def _serve(args: argparse.Namespace, config: dict[str, Any], data_dir: Pat
                  ssl_context: ssl.SSLContext | None) -> None:
     from aiohttp import web
 
-    from fspd.emulator.server import make_app, new_state
+    from fspd.emulator.server import count_connections, make_app, new_state
 
-    app = make_app(new_state(config, data_dir))
+    state = new_state(config, data_dir)
+    app = make_app(state)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
+    assert runner.server is not None
+    count_connections(runner.server, state.stats)
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True,
                        ssl_context=ssl_context)
     await site.start()

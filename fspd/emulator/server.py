@@ -12,7 +12,7 @@ from aiohttp import web
 
 from fspd.emulator import auth, control_api, ebs, ec2, errors
 from fspd.emulator.errors import ApiError
-from fspd.emulator.state import Ctx, State
+from fspd.emulator.state import Ctx, State, Stats
 from fspd.log import get_logger
 
 log = get_logger("fspd.emulator")
@@ -236,6 +236,19 @@ def make_app(state: State) -> web.Application:
     control_api.add_routes(app, STATE)
     app.router.add_route("*", "/{tail:.*}", _unknown)
     return app
+
+
+def count_connections(server: web.Server, stats: Stats) -> None:
+    """Count the connections ``server`` accepts in ``stats.connections``. aiohttp calls a
+    server's ``connection_made`` once per connection, after the TLS handshake on HTTPS, and
+    has no public hook for it, so this wraps it."""
+    made = server.connection_made
+
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+        stats.connections += 1
+        made(handler, transport)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
 
 
 def new_state(config: dict[str, Any], data_dir: Path) -> State:

@@ -38,6 +38,9 @@ class Stats:
         self.throttled = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        # Connections accepted (for HTTPS: TLS handshakes completed) since the last reset; a
+        # client that keeps its connections alive opens about as many as it has in flight.
+        self.connections = 0
 
     def count(self, op: str, region: str, snapshot_id: str | None) -> None:
         self.requests[op] += 1
@@ -54,6 +57,7 @@ class Stats:
             "faults": dict(faults),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "connections": self.connections,
         }
 
 
