@@ -25,7 +25,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("fleet", help="several hosts sharing one queue of jobs (SQS, "
                               "DynamoDB, S3)", description="A fleet of fspd hosts: jobs in "
                               "SQS, one DynamoDB item per job, checkpoints in S3.")
-    sub = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    sub = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True,
+                           help="init: create or check the fleet's queue, table and prefix; "
+                           "retry: queue a dead-lettered job again")
     q = sub.add_parser("init", help="create (or check) the queue, its DLQ, the table and the "
                        "checkpoint prefix", description="Create what is missing; check what "
                        "exists. Names default to the [fleet] section of the settings file.")

@@ -1,4 +1,4 @@
-"""fspd's benchmark: ``python -m tests.bench [--blocks N] [--quick] [--big]``.
+"""fspd's benchmark: ``python -m tests.bench [--blocks N] [--quick] [--big] [--only ...]``.
 
 Everything runs against the emulator in a separate process on 127.0.0.1, and every figure is a
 ratio measured side by side in this one run: fspd against the physical floor on the same
@@ -31,7 +31,7 @@ from fspd.blocks import BLOCK_SIZE
 from fspd.config import AwsSettings, RetrySettings, Settings, TransferSettings
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 from fspd.run import run_job
-from tests.bench import cores, fleet_scaling, floors, plots
+from tests.bench import cores, daemon_scaling, fleet_scaling, floors, plots
 from tests.bench.fsp_style import fsp_style_download
 from tests.bench.measure import Cost, measure
 from tests.bench.whole import WholeProcess
@@ -39,7 +39,7 @@ from tests.bench.whole import table as whole_table
 from tests.conftest import TEST_ALLOW_ENDPOINTS
 
 REGION, OTHER = "us-east-1", "us-west-2"
-SECTIONS = ["cpu", "tls", "whole", "rest"]
+SECTIONS = ["cpu", "tls", "whole", "scaling", "rest"]
 EXTRA_SECTIONS = ["fleet"]  # long: only when named in --only
 TARGETS = {"download": 1.5, "upload": 1.5, "copy": 1.5}
 # Over TLS the issue asks for the rows, floor and fspd both over TLS; no target of their own.
@@ -116,10 +116,11 @@ class Bench:
             if emu.ca_bundle else None
         self.work = work
         self.blocks = blocks
-        self.gib = max(1, blocks // 2048)
+        self.gib = max(1, -(-blocks // 2048))
         self.ctl_ca = emu.ca_bundle
         self.rows: list[tuple[str, float, float, dict[str, float]]] = []
         self.reps = 3
+        self.startup_reps = 3  # runs of each command in the start-up rows (best kept)
 
     def ebs(self, snapshot_id: str, region: str = REGION) -> dict[str, Any]:
         return {"type": "ebs", "snapshot_id": snapshot_id, "region": region,
@@ -129,8 +130,13 @@ class Bench:
         return {"type": "ebs", "region": region, "endpoint_url": self.url}
 
     def synthetic(self) -> str:
-        return self.ctl.synthetic(region=REGION, volume_size=self.gib, allocation="full",
-                                  seed=1)
+        """A snapshot of ``blocks`` blocks: full volumes when they fill whole GiB, else a
+        sparse volume holding about that many (so a quick run moves few blocks). The rows
+        divide by the blocks each contender moved, not by ``blocks``."""
+        density = self.blocks / (self.gib * 2048)
+        return self.ctl.synthetic(region=REGION, volume_size=self.gib, seed=1,
+                                  allocation="full" if density >= 1 else "sparse",
+                                  density=min(1.0, density))
 
     async def tokens(self, snapshot_id: str) -> list[tuple[int, str]]:
         connector = aiohttp.TCPConnector(ssl=self.ssl or True)
@@ -171,10 +177,10 @@ class Bench:
                          fsp_style_download, self.url, REGION, snap, str(out),
                          self.gib << 30, self.blocks)}
         best = await best_of(self.reps, clean=lambda: out.unlink(missing_ok=True), runs=runs)
-        self.rows.append((label, best["floor"].per_block_ms(self.blocks),
+        self.rows.append((label, best["floor"].per_block_ms(len(tokens)),
                           per_block(best["fspd"]),
                           {"aiobotocore path": per_block(best["slow"]),
-                           "FSP-style boto3 threads": best["fsp"].per_block_ms(self.blocks)}
+                           "FSP-style boto3 threads": best["fsp"].per_block_ms(len(tokens))}
                           if previous else {}))
 
     async def upload(self, label: str = "upload", previous: bool = True) -> None:
@@ -213,11 +219,11 @@ class Bench:
         spec = job(self.ebs(snap), self.new_snapshot(OTHER))
         best = await best_of(self.reps, {
             "floor": lambda: floors.put_floor(self.url, OTHER, target,
-                                              list(range(self.blocks)), get),
+                                              list(tokens), get),
             "fspd": lambda: run_job(spec, settings()),
             "slow": lambda: run_job(spec, settings(fast_path=False)),
         })
-        self.rows.append(("copy", best["floor"].per_block_ms(self.blocks),
+        self.rows.append(("copy", best["floor"].per_block_ms(len(tokens)),
                           per_block(best["fspd"]), {"aiobotocore path": per_block(best["slow"])}))
 
     async def movetos3(self, s3_url: str) -> None:
@@ -238,7 +244,7 @@ class Bench:
                 "endpoint_url": s3_url, "region": REGION, "zstd_level": level}), settings()),
         })
         fspd = best["fspd"]
-        self.rows.append(("movetos3", best["floor"].per_block_ms(self.blocks), per_block(fspd),
+        self.rows.append(("movetos3", best["floor"].per_block_ms(len(tokens)), per_block(fspd),
                           {"fspd MiB/s": fspd.result["bytes_done"] / fspd.wall_s / (1 << 20)}))
 
     # -- latency, throttling -------------------------------------------------------------
@@ -449,9 +455,21 @@ def fleet_rows(args: argparse.Namespace) -> None:
     print("\n" + "\n".join(lines))
 
 
+def scaling_rows(args: argparse.Namespace, emu: EmulatorProcess, work: Path) -> None:
+    """N concurrent downloads through ``fspd serve`` at each worker count, then the table."""
+    assert emu.url is not None
+    ctl = EmulatorControl(emu.url)
+    results = [daemon_scaling.run(w, args.scaling_jobs, args.scaling_gib,
+                                  args.scaling_density, work, ctl, seed0=300 + 100 * n)
+               for n, w in enumerate(daemon_scaling.worker_counts(args.scaling_workers))]
+    print("\n".join(daemon_scaling.table(results, args.scaling_jobs, args.scaling_gib,
+                                         args.scaling_density)))
+
+
 async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path) -> None:
     bench = Bench(emu, work, args.blocks)
     bench.reps = args.reps
+    bench.startup_reps = 1 if args.quick else max(3, args.reps)
     if args.plot:
         plots.remember_memory(bench)  # the charts reuse the memory cases measured here
     # tmpfs for the latency/throttle/memory targets: they measure fspd, not this disk.
@@ -477,6 +495,8 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
                 whole_rows(args, emu, bench.ctl, work, s3_url)
         if "fleet" in args.only:
             fleet_rows(args)
+        if "scaling" in args.only:
+            scaling_rows(args, emu, work)
         if "rest" not in args.only:
             return
         print("\nLatency-bound throughput (download; bound = min(in-flight / latency, 1000/s))")
@@ -516,10 +536,13 @@ async def main_async(args: argparse.Namespace, emu: EmulatorProcess, work: Path)
         r = bench.daemon_memory(args.daemon_jobs, args.daemon_density)
         met = ("met" if r["peak_rss_mib"] <= r["target_peak_mib"]
                and r["after_rss_mib"] <= r["target_after_mib"] else "MISSED")
-        print(f"fspd serve, {r['jobs']} downloads of {r['density']:.0%} of 1 GiB, max_jobs "
-              f"{r['max_jobs']}: idle {r['idle_rss_mib']:.0f} MiB, peak "
-              f"{r['peak_rss_mib']:.0f} MiB (target <= {r['target_peak_mib']}), after "
-              f"{r['after_rss_mib']:.0f} MiB (target <= idle + 64 = "
+        workers = r["processes"] - 1
+        print(f"fspd serve ({workers} worker process{'es' if workers != 1 else ''}, RSS of "
+              f"the daemon and its workers together), {r['jobs']} downloads of "
+              f"{r['density']:.0%} of 1 GiB, max_jobs {r['max_jobs']}: idle "
+              f"{r['idle_rss_mib']:.0f} MiB, peak {r['peak_rss_mib']:.0f} MiB (target <= "
+              f"256 + 64 x max_jobs + 96 x workers = {r['target_peak_mib']}), after "
+              f"{r['after_rss_mib']:.0f} MiB (target <= idle + 64 x workers = "
               f"{r['target_after_mib']:.0f})   {met}")
         if args.plot:
             await plots.run(bench, args, machine())
@@ -549,11 +572,20 @@ def main() -> int:
                         help="GiB moved by each whole-process case (default 4, or "
                         "$FSPD_BENCH_WHOLE_GIB)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS + EXTRA_SECTIONS,
-                        default=SECTIONS, help="run only these sections (rest: latency, "
-                        "throttling, memory; fleet, not run by default: 1 to 8 fspd serve "
-                        "hosts on one fleet, a few minutes)")
+                        default=SECTIONS, help="run only these sections (scaling: fspd serve's "
+                        "worker processes; rest: latency, throttling, memory; fleet, not run by "
+                        "default: 1 to 8 fspd serve hosts on one fleet, a few minutes)")
     parser.add_argument("--whole-reps", type=int, default=1,
                         help="runs per whole-process contender (cheapest kept)")
+    parser.add_argument("--scaling-jobs", type=int, default=4,
+                        help="concurrent download jobs of the scaling section")
+    parser.add_argument("--scaling-workers", default=f"1,{len(os.sched_getaffinity(0))}",
+                        help="comma-separated worker counts the scaling section compares "
+                        "(default 1 and the usable CPUs)")
+    parser.add_argument("--scaling-gib", type=int, default=1,
+                        help="volume size of each scaling job's snapshot")
+    parser.add_argument("--scaling-density", type=float, default=0.1,
+                        help="allocated share of each scaling job's snapshot")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
     parser.add_argument("--plot", metavar="DIR", help="also measure a latency sweep and RSS by "
                         "volume size, and write charts (PNG, SVG) to DIR (needs '.[bench]')")
@@ -564,14 +596,9 @@ def main() -> int:
             plots.need_matplotlib()
         except plots.PlotError as exc:
             parser.error(str(exc))
-    if args.quick:
-        args.blocks, args.latency_blocks, args.memory_blocks = 128, 60, 200
+    if args.quick:  # every section and row, at the least work that still prints them
+        args.blocks, args.latency_blocks, args.memory_blocks = 64, 60, 200
         args.throttle_blocks = 256
-        args.caps, args.reps, args.memory_gib = [100], 1, 64
-        args.daemon_jobs, args.daemon_density = 4, 0.02
-        args.whole_gib, args.whole_reps = 1 / 32, 1
-        args.fleet_hosts, args.fleet_jobs_per_host, args.fleet_blocks = "1,2", 2, 8
-        args.fleet_latency_ms = 100.0
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAFSPDBENCH0000001")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)

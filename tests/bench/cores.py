@@ -101,17 +101,17 @@ class Cores:
                     raise RuntimeError(f"fspd download exited {child.returncode}")
                 if name not in children or child.cpu_s < children[name].cpu_s:
                     children[name] = child
-        size = out.stat().st_size
         out.unlink(missing_ok=True)
+        blocks = int(best["threads"].result["blocks_done"])  # the same snapshot in-process
         for name in modes:
             child = children[name]
             rows.append({"case": "whole process fspd download", "mode": name,
-                         "cpu_ms": 1000 * child.cpu_s / (size // BLOCK_SIZE),
-                         "mib_s": size / child.wall_s / (1 << 20)})
+                         "cpu_ms": 1000 * child.cpu_s / blocks,
+                         "mib_s": blocks * BLOCK_SIZE / child.wall_s / (1 << 20)})
         return rows
 
     def startup(self) -> list[tuple[str, Child]]:
-        """CPU seconds of whole commands as typed (best of ``reps``)."""
+        """CPU seconds of whole commands as typed (best of ``startup_reps``)."""
         bench = self.bench
         small = bench.ctl.synthetic(region="us-east-1", volume_size=1, allocation="sparse",
                                     density=0.01, seed=7)
@@ -135,7 +135,7 @@ class Cores:
                     fspd_argv("download", small, str(self.dir / "small.img"), "-q"), 0),
             }
             best: dict[str, Child] = {}
-            for _ in range(max(3, bench.reps)):
+            for _ in range(bench.startup_reps):
                 for name, (argv, code) in cases.items():
                     (self.dir / "small.img").unlink(missing_ok=True)
                     child = run_child(argv, env)
@@ -194,7 +194,7 @@ async def report(bench: Any) -> list[str]:
     from fspd.config import TransferSettings
 
     auto = thread_count(TransferSettings())
-    hop = await hop_cost()
+    hop = await hop_cost(blocks=max(32, min(2048, bench.blocks)))
     lines = ["", f"Hashing fetched blocks on threads ({usable_cpus()} usable CPUs here; the "
              f"default \"auto\" uses {auto} hashing thread{'s' if auto != 1 else ''})",
              f"SHA-256 of a block {hop['hash_us']:.0f} us CPU; a thread hop adds "

@@ -1,31 +1,23 @@
-"""Scaling of ``fspd serve`` with its worker processes: N concurrent download jobs with
-``workers = 1`` and ``workers = W``.
-
-usage: python -m tests.bench.daemon_scaling [--jobs 4] [--workers 1,2] [--size-gib 1]
-       [--density 0.1] [--emulator-url U]
+"""The scaling section of the benchmark (``python -m tests.bench --only scaling``): N
+concurrent download jobs through ``fspd serve`` with ``workers = 1`` and ``workers = W``.
 
 Per run: aggregate MiB/s (all blocks over the wall time from submitting to the last job's
-end), fspd's CPU per block (the daemon and its workers, from /proc), and per worker: its CPU
-per block (it must not grow with W) and its event loop's busy fraction (the CPU time of the
-loop's thread over the wall time). The emulator (another process, throttling off) shares the
-machine's cores, so on a small machine the aggregate cannot grow with W as it would on a
-host with a core per worker; the per-worker figures say whether it would. Prints a table and
-one JSON line per run.
+end), the client's CPU per block (fspd: the daemon and its workers, from /proc), and per
+worker: its CPU per block (it must not grow with W) and its event loop's busy fraction (the
+CPU time of the loop's thread over the wall time). The emulator (another process, throttling
+off) shares the machine's cores, so on a small machine the aggregate cannot grow with W as it
+would on a host with a core per worker; the per-worker figures say whether it would.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from fspd.emulator.control import EmulatorControl, EmulatorProcess
+from fspd.emulator.control import EmulatorControl
 from tests.bench.daemon_memory import settle
 from tests.daemon.conftest import Daemon, download_job, write_config
 
@@ -68,7 +60,7 @@ def run(workers: int, jobs: int, size_gib: int, density: float, work: Path,
         shutil.rmtree(root, ignore_errors=True)
     failed = [n for n, s in states.items() if s != "completed"]
     if failed:
-        raise SystemExit(f"jobs did not complete: {failed}\n{daemon.log()[-3000:]}")
+        raise RuntimeError(f"jobs did not complete: {failed}\n{daemon.log()[-3000:]}")
     per_worker = []
     for pid, w in sorted(after.items(), key=lambda kv: kv[1]["index"]):
         done = w["blocks_done"] - before.get(pid, {}).get("blocks_done", 0)
@@ -85,49 +77,37 @@ def run(workers: int, jobs: int, size_gib: int, density: float, work: Path,
             "per_worker": per_worker}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.daemon_scaling")
-    parser.add_argument("--jobs", type=int, default=4)
-    parser.add_argument("--workers", default=f"1,{len(os.sched_getaffinity(0))}",
-                        help="comma-separated worker counts to compare")
-    parser.add_argument("--size-gib", type=int, default=1)
-    parser.add_argument("--density", type=float, default=0.1)
-    parser.add_argument("--emulator-url", help="use this emulator instead of starting one")
-    args = parser.parse_args()
-    counts = sorted({max(1, int(x)) for x in args.workers.split(",")})
-    for key, value in {"AWS_ACCESS_KEY_ID": "AKIAFSPDBENCH0000001",
-                       "AWS_SECRET_ACCESS_KEY": "bench-secret",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(key, value)
-    work = Path(tempfile.mkdtemp(prefix="fspd-daemon-scaling-"))
-    results = []
-    try:
-        def measure(emulator: EmulatorControl) -> None:
-            for n, w in enumerate(counts):
-                results.append(run(w, args.jobs, args.size_gib, args.density, work, emulator,
-                                   seed0=300 + 100 * n))
+def worker_counts(spec: str) -> list[int]:
+    """``"1,4"`` -> [1, 4]: the worker counts to compare (each at least 1, ascending)."""
+    return sorted({max(1, int(x)) for x in spec.split(",")})
 
-        if args.emulator_url:
-            measure(EmulatorControl(args.emulator_url))
-        else:
-            with EmulatorProcess(data_dir=work / "emulator", args=["--no-throttling"]) as emu:
-                assert emu.url is not None
-                measure(EmulatorControl(emu.url))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"machine: {len(os.sched_getaffinity(0))} usable CPUs; {args.jobs} download jobs, "
-          f"{args.size_gib} GiB volumes at density {args.density}")
-    print(f"{'workers':>7} {'MiB/s':>8} {'fspd CPU ms/block':>18} {'parent ms/block':>16}  "
-          "per worker: CPU ms/block, loop busy")
+
+def table(results: list[dict[str, Any]], jobs: int, size_gib: int, density: float
+          ) -> list[str]:
+    """The section's rows, and the ratios of each W to one worker."""
+    lines = ["", f"fspd serve scaling: {jobs} concurrent downloads of {density:.0%} of "
+             f"{size_gib} GiB each, {len(os.sched_getaffinity(0))} usable CPUs here (the "
+             "emulator shares them)",
+             f"{'workers':>7}{'MiB/s':>9}{'client CPU ms/block':>21}{'parent':>8}   "
+             "per worker: CPU ms/block, event-loop busy"]
     for r in results:
-        workers = ", ".join(f"{w['cpu_ms_per_block']} ms/{w['loop_busy']:.0%}"
+        workers = ", ".join("idle" if w["cpu_ms_per_block"] is None else
+                            f"{w['cpu_ms_per_block']:.2f} ms/{w['loop_busy']:.0%}"
                             for w in r["per_worker"])
-        print(f"{r['workers']:>7} {r['mib_per_s']:>8} {r['fspd_cpu_ms_per_block']:>18} "
-              f"{r['parent_cpu_ms_per_block']:>16}  {workers}")
+        lines.append(f"{r['workers']:>7}{r['mib_per_s']:>9.1f}"
+                     f"{r['fspd_cpu_ms_per_block']:>21.3f}{r['parent_cpu_ms_per_block']:>8.3f}"
+                     f"   {workers}")
+    one = next((r for r in results if r["workers"] == 1), None)
     for r in results:
-        print(json.dumps(r))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if one is None or r is one:
+            continue
+        per_worker = max((w["cpu_ms_per_block"] for w in r["per_worker"]
+                          if w["cpu_ms_per_block"] is not None), default=0.0)
+        base = max((w["cpu_ms_per_block"] for w in one["per_worker"]
+                    if w["cpu_ms_per_block"] is not None), default=0.0)
+        grows = per_worker / base if base else float("nan")
+        lines.append(f"workers {r['workers']} vs 1: aggregate MiB/s "
+                     f"{r['mib_per_s'] / one['mib_per_s']:.2f}x, client CPU per block "
+                     f"{r['fspd_cpu_ms_per_block'] / one['fspd_cpu_ms_per_block']:.2f}x, "
+                     f"per-worker CPU per block {grows:.2f}x (must not grow with W)")
+    return lines

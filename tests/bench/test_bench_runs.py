@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -20,5 +21,12 @@ def test_the_benchmark_runs_and_prints_its_table() -> None:
                     "Hashing fetched blocks on threads", "in-process run_job",
                     "whole process fspd download", "Whole-process CPU of commands as typed",
                     "fspd --help", "fspd status (fspd serve running)",
+                    "fspd serve scaling", "client CPU ms/block", "event-loop busy",
+                    "workers 2 vs 1: aggregate MiB/s",
                     "Latency-bound throughput", "Throttling", "Random throttling", "Memory"):
         assert section in out.stdout, f"missing {section!r}:\n{out.stdout}"
+    # the scaling rows: a daemon with one worker, then with two, each worker's figures listed
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()
+            if re.match(r"\s+[12]\s+\d", line) and " ms/" in line}
+    assert set(rows) == {"1", "2"}, out.stdout
+    assert rows["1"].count(",") == 0 and rows["2"].count(",") == 1, out.stdout

@@ -37,7 +37,9 @@ def test_movetos3_with_a_small_budget_stays_within_it_and_writes_an_exact_archiv
     (tmp_path / "fspd.toml").write_text(f"[transfer]\nmax_buffered_blocks = {BUDGET}\n")
     boto3.client("s3", endpoint_url=moto, region_name="us-east-1").create_bucket(Bucket="mem")
     tiny = emulator.synthetic(volume_size=1, allocation="sparse", density=0.004, seed=31)
-    big = emulator.synthetic(volume_size=1, allocation="full", seed=32)  # 1 GiB, incompressible
+    # ~512 incompressible blocks (256 MiB), 16 times the budget: a job holding them beyond
+    # it would pass the limit by far (a full 1 GiB volume proved nothing more)
+    big = emulator.synthetic(volume_size=1, allocation="sparse", density=0.25, seed=32)
     base = _peak_mib(fspd_s3, tmp_path, f"--segment-blocks {SEGMENT_BLOCKS} {tiny} "
                      "s3://mem/tiny", "tiny")
     peak = _peak_mib(fspd_s3, tmp_path, f"--segment-blocks {SEGMENT_BLOCKS} {big} s3://mem/big",
