@@ -175,12 +175,13 @@ async def test_concurrent_puts_all_land(ebs):
 async def test_timeout_counts_from_the_last_write(emulator, ebs, ec2):
     # AWS cancels a snapshot when no block is written within Timeout, or when it is not
     # completed within Timeout of the LAST write: steady writes keep it alive.
-    emulator.config(timeout_unit_seconds=0.05)  # Timeout=10 → 0.5 s
+    # Timeout=10 → 3 s; a write every 0.6 s leaves 2.4 s for a put on a busy machine
+    emulator.config(timeout_unit_seconds=0.3)
     sid = (await ebs.start_snapshot(VolumeSize=1, Timeout=10))["SnapshotId"]
     written = {}
-    for i in range(6):  # 6 × 0.2 s = 1.2 s, well past 0.5 s since StartSnapshot
+    for i in range(6):  # 6 × 0.6 s = 3.6 s, past 3 s since StartSnapshot
         written[i] = block(("keep", i))
         await put(ebs, sid, i, written[i])
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.6)
     assert await _state(ec2, sid) == "pending"
     assert (await complete(ebs, sid, written))["Status"] == "completed"
