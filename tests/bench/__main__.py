@@ -599,6 +599,11 @@ def main() -> int:
     if args.quick:  # every section and row, at the least work that still prints them
         args.blocks, args.latency_blocks, args.memory_blocks = 64, 60, 200
         args.throttle_blocks = 256
+        args.caps, args.reps, args.memory_gib = [100], 1, 1
+        args.daemon_jobs, args.daemon_density = 2, 0.02
+        args.whole_gib, args.whole_reps = 1 / 128, 1
+        args.scaling_jobs, args.scaling_workers, args.scaling_density = 2, "1,2", 0.02
+        args.fleet_hosts, args.fleet_jobs_per_host, args.fleet_blocks = "1,2", 2, 8
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAFSPDBENCH0000001")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)

@@ -1,4 +1,7 @@
-"""The benchmark runs end to end and prints every section (timings are not asserted)."""
+"""The benchmark runs end to end and prints every section (timings are not asserted).
+
+One test per section (``--only``), so the suite's processes share the smoke run; together they
+cover what ``python -m tests.bench --quick`` runs."""
 
 from __future__ import annotations
 
@@ -10,23 +13,43 @@ import pytest
 
 from tests.conftest import ROOT
 
+# What each section must print (its headings and rows; the ratios are in these rows).
+EXPECTED = {
+    "cpu": ("CPU per 512 KiB block", "download", "upload", "copy", "movetos3",
+            "Hashing fetched blocks on threads", "in-process run_job",
+            "whole process fspd download", "Whole-process CPU of commands as typed",
+            "fspd --help", "fspd status (fspd serve running)"),
+    "tls": ("Over TLS", "download/TLS", "upload/TLS"),
+    "whole": ("Whole process, as typed", "download", "upload", "copy", "download/TLS"),
+    "scaling": ("fspd serve scaling", "client CPU ms/block", "event-loop busy",
+                "workers 2 vs 1: aggregate MiB/s"),
+    "rest": ("Latency-bound throughput", "Throttling", "Random throttling", "Memory"),
+}
+
+
+def _quick(section: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "tests.bench", "--quick", "--only", section],
+                         cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stdout.startswith("machine:"), out.stdout
+    return out.stdout
+
 
 @pytest.mark.timeout(300)
-def test_the_benchmark_runs_and_prints_its_table() -> None:
-    out = subprocess.run([sys.executable, "-m", "tests.bench", "--quick"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=280, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for section in ("machine:", "CPU per 512 KiB block", "download", "upload", "copy",
-                    "movetos3", "Over TLS", "download/TLS", "upload/TLS", "Whole process",
-                    "Hashing fetched blocks on threads", "in-process run_job",
-                    "whole process fspd download", "Whole-process CPU of commands as typed",
-                    "fspd --help", "fspd status (fspd serve running)",
-                    "fspd serve scaling", "client CPU ms/block", "event-loop busy",
-                    "workers 2 vs 1: aggregate MiB/s",
-                    "Latency-bound throughput", "Throttling", "Random throttling", "Memory"):
-        assert section in out.stdout, f"missing {section!r}:\n{out.stdout}"
-    # the scaling rows: a daemon with one worker, then with two, each worker's figures listed
-    rows = {line.split()[0]: line for line in out.stdout.splitlines()
-            if re.match(r"\s+[12]\s+\d", line) and " ms/" in line}
-    assert set(rows) == {"1", "2"}, out.stdout
-    assert rows["1"].count(",") == 0 and rows["2"].count(",") == 1, out.stdout
+@pytest.mark.parametrize("section", sorted(EXPECTED))
+def test_each_benchmark_section_runs_and_prints_its_rows(section: str) -> None:
+    stdout = _quick(section)
+    for heading in EXPECTED[section]:
+        assert heading in stdout, f"missing {heading!r}:\n{stdout}"
+    if section == "scaling":  # a daemon with one worker, then with two, each worker listed
+        rows = {line.split()[0]: line for line in stdout.splitlines()
+                if re.match(r"\s+[12]\s+\d", line) and " ms/" in line}
+        assert set(rows) == {"1", "2"}, stdout
+        assert rows["1"].count(",") == 0 and rows["2"].count(",") == 1, stdout
+
+
+def test_every_default_section_has_a_smoke_test() -> None:
+    from tests.bench.__main__ import SECTIONS
+
+    assert sorted(SECTIONS) == sorted(EXPECTED)
