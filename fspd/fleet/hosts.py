@@ -17,12 +17,10 @@ import time
 from typing import Any
 
 from fspd.aws import call
-from fspd.fleet.table import RESERVED_PREFIX
-from fspd.retry import ApiError
+from fspd.fleet.table import RESERVED_PREFIX, conditional_update
 
 REGISTRY_KEY = f"{RESERVED_PREFIX}hosts"
 MAX_PRUNED = 25  # expired entries removed per renewal
-_CONFLICT = "ConditionalCheckFailedException"
 
 
 class HostRegistry:
@@ -32,19 +30,8 @@ class HostRegistry:
     async def _update(self, expression: str, condition: str, values: dict[str, Any] | None,
                       names: dict[str, str]) -> dict[str, Any] | None:
         """The item after a conditional update; None when the condition failed."""
-        params: dict[str, Any] = {
-            "TableName": self.table, "Key": {"job": {"S": REGISTRY_KEY}},
-            "UpdateExpression": expression, "ConditionExpression": condition,
-            "ExpressionAttributeNames": names, "ReturnValues": "ALL_NEW"}
-        if values:
-            params["ExpressionAttributeValues"] = values
-        try:
-            result = await call(self.db, "UpdateItem", **params)
-        except ApiError as exc:
-            if exc.code == _CONFLICT:
-                return None
-            raise
-        return dict(result.get("Attributes", {}))
+        return await conditional_update(self.db, self.table, REGISTRY_KEY, expression,
+                                        condition, values, names)
 
     async def renew(self, host: str, lease_s: float, *, now: float | None = None) -> int:
         """Record ``host`` as running fleet jobs for ``lease_s`` more; the number of hosts

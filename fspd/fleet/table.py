@@ -75,6 +75,27 @@ def item_to_dict(item: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def conditional_update(db: Any, table: str, key: str, expression: str, condition: str,
+                             values: dict[str, Any] | None, names: dict[str, str] | None
+                             ) -> dict[str, Any] | None:
+    """UpdateItem of the item ``key`` under ``condition``: its attributes afterwards (in
+    DynamoDB's typed form), or None when the condition failed."""
+    params: dict[str, Any] = {
+        "TableName": table, "Key": {"job": _s(key)}, "UpdateExpression": expression,
+        "ConditionExpression": condition, "ReturnValues": "ALL_NEW"}
+    if values:
+        params["ExpressionAttributeValues"] = values
+    if names:
+        params["ExpressionAttributeNames"] = names
+    try:
+        result = await call(db, "UpdateItem", **params)
+    except ApiError as exc:
+        if exc.code == _CONFLICT:
+            return None
+        raise
+    return dict(result.get("Attributes", {}))
+
+
 class JobTable:
     def __init__(self, dynamodb: Any, name: str) -> None:
         self.db, self.name = dynamodb, name
@@ -83,19 +104,9 @@ class JobTable:
                       values: dict[str, Any], names: dict[str, str] | None = None
                       ) -> dict[str, Any] | None:
         """The item after a conditional update; None when the condition failed."""
-        params: dict[str, Any] = {
-            "TableName": self.name, "Key": {"job": _s(job_id)}, "UpdateExpression": expression,
-            "ConditionExpression": condition, "ExpressionAttributeValues": values,
-            "ReturnValues": "ALL_NEW"}
-        if names:
-            params["ExpressionAttributeNames"] = names
-        try:
-            result = await call(self.db, "UpdateItem", **params)
-        except ApiError as exc:
-            if exc.code == _CONFLICT:
-                return None
-            raise
-        return item_to_dict(result["Attributes"])
+        item = await conditional_update(self.db, self.name, job_id, expression, condition,
+                                        values, names)
+        return None if item is None else item_to_dict(item)
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         if job_id.startswith(RESERVED_PREFIX):  # the table's own items (fleet/hosts.py)
