@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from fspd.config import FleetSettings, Settings
 from fspd.fleet import setup
 from fspd.fleet.services import Services, open_services
 from tests.cli.conftest import Runner, assert_clean, fspd_argv
-from tests.conftest import ROOT, TEST_AWS_CONFIG, _free_port
+from tests.conftest import TEST_AWS_CONFIG, moto_server
 
 BUCKET = "fleet-checkpoints"
 
@@ -39,23 +37,8 @@ def make_bucket(moto_url: str, name: str = BUCKET) -> None:
 @pytest.fixture(scope="session")
 def fleet_moto_url() -> Iterator[str]:
     """moto's server, with DynamoDB's per-item atomicity (tests/fleet/atomic_moto.py)."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fleet.atomic_moto", str(port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with moto_server(["-m", "tests.fleet.atomic_moto", "{port}"]) as url:
+        yield url
 
 
 @pytest.fixture
