@@ -42,6 +42,7 @@ from typing import Any
 from fspd.emulator.control import EmulatorControl, EmulatorProcess
 from tests.bench.daemon_scaling import cpu_s
 from tests.cli.conftest import fspd_argv
+from tests.conftest import moto_server
 from tests.daemon.conftest import Daemon, download_job, wait_for, write_config
 from tests.fleet.conftest import make_bucket
 
@@ -56,38 +57,18 @@ FINISHED = ("completed", "failed", "cancelled")
 POLL_S = 1.0  # how often the bench asks the hosts whether all jobs are done
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class CountingMoto:
     """tests/bench/fleet_moto.py as a child process."""
 
     def __enter__(self) -> CountingMoto:
         if importlib.util.find_spec("moto") is None:
             raise ImportError("moto is not installed (pip install -e '.[test]')")
-        port = _free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.bench.fleet_moto", str(port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.counts()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.proc.kill()
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
+        self._server = moto_server(["-m", "tests.bench.fleet_moto", "{port}"])
+        self.url = self._server.__enter__()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self._server.__exit__(None, None, None)
 
     def _post(self, path: str) -> None:
         req = urllib.request.Request(f"{self.url}{path}", method="POST")
