@@ -11,7 +11,8 @@ from fspd.emulator.control import EmulatorControl
 from tests.cli.conftest import Runner
 from tests.daemon import conftest as daemon_fixtures
 from tests.daemon.conftest import Daemon, download_job, wait_for, write_config
-from tests.fleet.conftest import BUCKET, make_bucket
+from tests.fleet.conftest import make_bucket
+from tests.fleet.test_fleet_serve import SERVE_FLEET
 
 make_daemon = daemon_fixtures.make_daemon
 
@@ -20,15 +21,7 @@ POLL_S = 5.0  # the longest poll_interval_s: a host that polled would idle up to
 SLOW_POLL_FLEET = f"""
 [daemon]
 poll_interval_s = {POLL_S}
-
-[fleet]
-queue = "fspd-jobs"
-table = "fspd-jobs"
-bucket = "s3://{BUCKET}/fleet"
-lease_s = 10.0
-heartbeat_s = 1.0
-receive_wait_s = 1
-"""
+{SERVE_FLEET}"""
 
 
 def _done(d: Daemon, name: str) -> dict[str, Any] | None:
