@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import itertools
 import os
 import time
@@ -96,6 +97,12 @@ def _fleet_progress(rec: JobRecord) -> dict[str, Any]:
     """The progress summary a fleet job's item carries (``fspd status --fleet``)."""
     summary = rec.summary()
     return {k: summary.get(k) for k in ("bytes_done", "percent", "eta_s", "rate_recent_bps")}
+
+
+def _begun(task: asyncio.Task[Any]) -> bool:
+    """Whether the task's coroutine has taken its first step. Cancelling a task before it
+    has skips its whole body, ``finally`` clauses included."""
+    return inspect.getcoroutinestate(task.get_coro()) != inspect.CORO_CREATED  # type: ignore[arg-type]
 
 
 def engine_job_id(name: str) -> str:
@@ -442,10 +449,13 @@ class Scheduler:
         if rec.state in TERMINAL:
             raise BadInput(f"job is already {rec.state}", field="job")
         rec.cancel_reason = f"by {who}"
-        if rec.task is not None:
+        if rec.task is not None and _begun(rec.task):  # it ends itself, in _run
             rec.control.resume()  # a paused job must wake up to see the cancellation
             rec.task.cancel()
             return
+        if rec.task is not None:  # dispatched, but _run has not taken its first step: now
+            rec.task.cancel()     # it never will, so the job is ended here
+            rec.task = None
         if rec.box == "new":
             fd = self.spool.claim(rec.id)
             if fd is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import pickle
 import signal
@@ -111,7 +112,7 @@ class Worker:
         self.index = index
         self.log_json = log_json
         self.limits: WorkerLimits | None = None
-        self.jobs: dict[int, tuple[asyncio.Task[None], Progress, JobControl]] = {}
+        self.jobs: dict[int, tuple[asyncio.Task[tuple[str, Any]], Progress, JobControl]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self.stopping = asyncio.Event()
 
@@ -170,29 +171,39 @@ class Worker:
         control = JobControl(limits=self.limits)
         if paused:
             control.pause()
-        task = asyncio.create_task(self._job(key, spec, settings, engine_id, state_dir,
-                                             progress, control), name=f"job {engine_id}")
+        task = asyncio.create_task(self._job(spec, settings, engine_id, state_dir, progress,
+                                             control), name=f"job {engine_id}")
+        # Reported from a done callback, not from the coroutine: a "cancel" read in the same
+        # batch as its "start" cancels the task before its first step, and then no line of
+        # the coroutine ever runs (the parent would wait for its outcome forever).
+        task.add_done_callback(functools.partial(self._report, key, progress))
         self.jobs[key] = (task, progress, control)
 
-    async def _job(self, key: int, spec: Any, settings: Any, engine_id: str, state_dir: Path,
-                   progress: Progress, control: JobControl) -> None:
-        outcome: str
-        payload: Any = None
+    def _report(self, key: int, progress: Progress, task: asyncio.Task[tuple[str, Any]]
+                ) -> None:
+        self.jobs.pop(key, None)
+        trim()  # the job's buffers are free: give the pages back (fspd/memory.py)
+        if task.cancelled():
+            outcome, payload = "cancelled", None
+        elif (exc := task.exception()) is not None:  # a BaseException _job does not turn
+            outcome, payload = "crash", f"{type(exc).__name__}: {exc}"
+        else:
+            outcome, payload = task.result()
+        self.send("done", key, outcome, payload, progress_state(progress))
+
+    async def _job(self, spec: Any, settings: Any, engine_id: str, state_dir: Path,
+                   progress: Progress, control: JobControl) -> tuple[str, Any]:
+        """The job's outcome and its payload, as the parent's ``done`` message carries them."""
         try:
-            payload = await run_job(spec, settings, job_id=engine_id, progress=progress,
-                                    state_dir=state_dir, control=control)
-            outcome = "ok"
+            return "ok", await run_job(spec, settings, job_id=engine_id, progress=progress,
+                                       state_dir=state_dir, control=control)
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            return "cancelled", None
         except FspdError as exc:
-            outcome, payload = "error", exc.to_dict()
+            return "error", exc.to_dict()
         except Exception as exc:
             logger.exception("job_crashed_in_worker", job=engine_id, worker=self.index)
-            outcome, payload = "crash", f"{type(exc).__name__}: {exc}"
-        finally:
-            self.jobs.pop(key, None)
-            trim()  # the job's buffers are free: give the pages back (fspd/memory.py)
-        self.send("done", key, outcome, payload, progress_state(progress))
+            return "crash", f"{type(exc).__name__}: {exc}"
 
     async def _tick(self) -> None:
         while True:
