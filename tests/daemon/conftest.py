@@ -139,7 +139,11 @@ class Daemon:
                 if (self.spool.box(box) / name).exists():
                     return box
             return None
-        return wait_for(where, timeout, f"{name} to finish")
+        try:
+            return wait_for(where, timeout, f"{name} to finish")
+        except AssertionError as exc:  # CI keeps only the test's output: say what the daemon did
+            tail = "\n".join(self.log().splitlines()[-40:])
+            raise AssertionError(f"{exc}; the daemon log ends with:\n{tail}") from None
 
     def sidecar(self, box: str, name: str) -> dict[str, Any]:
         suffix = ".result.json" if box == "done" else ".error.json"
