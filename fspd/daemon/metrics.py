@@ -50,7 +50,7 @@ def render(scheduler: Scheduler) -> str:
     if scheduler.fleet_host is not None:
         host = scheduler.fleet_host
         metric("fspd_fleet_jobs_total", "counter", "What this host did with the fleet's jobs "
-               "since start (taken, done, failed, fenced, duplicate, held_elsewhere, "
+               "since start (taken, done, failed, fenced, cancelled, duplicate, held_elsewhere, "
                "dead_lettered, heartbeat_failed).",
                [({"host": host.host, "event": k}, v) for k, v in sorted(host.counts.items())])
         metric("fspd_fleet_account_share", "gauge", "This host's share of "

@@ -30,7 +30,7 @@ from fspd.daemon.pool import RemoteControl, WorkerPool
 from fspd.daemon.spool import Entry, Spool
 from fspd.daemon.states import STATES as STATES  # (re-exported: fspd.daemon.metrics)
 from fspd.daemon.states import TERMINAL
-from fspd.errors import BadInput, FspdError
+from fspd.errors import BadInput, Cancelled, FspdError
 from fspd.fleet.lifecycle import Fleet, Taken
 from fspd.log import get_logger
 from fspd.progress import Progress
@@ -269,8 +269,9 @@ class Scheduler:
         self.slot_freed.set()
         limit = self.settings.daemon.max_jobs
         while not self.stopping and len(self.running()) < limit:
-            waiting = [r for r in self.jobs.values()
-                       if r.state == "queued" and r.task is None and not r.held]
+            waiting = [r for r in self.jobs.values()  # (a fleet job runs only from the queue)
+                       if r.state == "queued" and r.task is None and not r.held
+                       and r.box != "fleet"]
             if not waiting:
                 return
             rec = min(waiting, key=lambda r: (-r.priority, r.arrival))
@@ -368,10 +369,23 @@ class Scheduler:
                     uploaded[path.name] = (stat.st_size, stat.st_mtime_ns)
             return body, files
 
+        def cancelled() -> Cancelled:
+            left = "".join(f"; {note}" for note in rec.progress.left_behind)
+            rec.error = {"error": "Cancelled", "field": None,
+                         "message": f"cancelled: {rec.cancel_reason}{left}"}
+            return Cancelled(rec.error["message"])
+
         async def run(_lease: Any) -> Any:
-            result = await self.pool.run(rec.spec, settings, job_id=job_id,
-                                         progress=rec.progress, state_dir=state_dir,
-                                         control=rec.control)
+            if rec.cancel_reason is not None:  # cancelled while it was being set up
+                raise cancelled()
+            try:
+                result = await self.pool.run(rec.spec, settings, job_id=job_id,
+                                             progress=rec.progress, state_dir=state_dir,
+                                             control=rec.control)
+            except asyncio.CancelledError:
+                if rec.cancel_reason is None or self.stopping:
+                    raise  # fenced out, or the daemon is stopping
+                raise cancelled() from None
             # its notes (a resume refused, a restart) show in `fspd status JOB`
             rec.result = {**result, "job": rec.id, "attempt": taken.lease.attempt}
             return result
@@ -389,7 +403,8 @@ class Scheduler:
             log.exception("fleet_job_crashed", job=rec.id)
             outcome, rec.error = "failed", {"error": type(exc).__name__, "message": str(exc)}
         rec.finished_at = time.time()
-        rec.state = {"done": "completed", "fenced": "cancelled"}.get(outcome, "failed")
+        rec.state = {"done": "completed", "fenced": "cancelled",
+                     "cancelled": "cancelled"}.get(outcome, "failed")
         self._account(rec)
         self.finished_counts[rec.state] += 1
         log.info("fleet_job_finished", job=rec.id, outcome=outcome)
@@ -449,6 +464,11 @@ class Scheduler:
         if rec.state in TERMINAL:
             raise BadInput(f"job is already {rec.state}", field="job")
         rec.cancel_reason = f"by {who}"
+        if rec.box == "fleet":  # its run ends it in the fleet's table (fspd/fleet/lifecycle.py)
+            rec.control.resume()
+            if self.fleet_host is not None:
+                self.fleet_host.cancel(rec.id)
+            return
         if rec.task is not None and _begun(rec.task):  # it ends itself, in _run
             rec.control.resume()  # a paused job must wake up to see the cancellation
             rec.task.cancel()

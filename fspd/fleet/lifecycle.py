@@ -24,16 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from fspd.config import FleetSettings
-from fspd.errors import FspdError
+from fspd.errors import Cancelled, FspdError
 from fspd.fleet.checkpoints import CheckpointStore
 from fspd.fleet.queue import Delivery, JobQueue
 from fspd.fleet.table import DEAD, DONE, QUEUED, RUNNING, FencedOut, JobTable, Lease, NotClaimable
+from fspd.fleet.table import FAILED as FAILED_STATE
 from fspd.log import get_logger
 from fspd.retry import ApiError, Unreachable
 
 log = get_logger("fspd.fleet")
 
-DONE_OUTCOME, FAILED, FENCED, SKIPPED = "done", "failed", "fenced", "skipped"
+DONE_OUTCOME, FAILED, FENCED, SKIPPED, CANCELLED = (
+    "done", "failed", "fenced", "skipped", "cancelled")
 # A job's journal and the files beside it that changed since the last save (by name).
 Journal = tuple[bytes, dict[str, bytes]]
 
@@ -55,9 +57,10 @@ class Fleet:
         self.fleet, self.table, self.queue, self.store = fleet, table, queue, store
         self.host, self.clock = host, clock
         # What this host did with the fleet's jobs, since it started (Prometheus counters):
-        # taken, duplicate, held_elsewhere, dead_lettered, done, failed, fenced,
+        # taken, duplicate, held_elsewhere, dead_lettered, done, failed, fenced, cancelled,
         # heartbeat_failed.
         self.counts: Counter[str] = Counter()
+        self._running: dict[str, asyncio.Future[Any]] = {}  # job id -> its run, on this host
 
     async def take(self, delivery: Delivery) -> Taken | None:
         if delivery.job_id is None:
@@ -118,6 +121,10 @@ class Fleet:
     async def settle(self, taken: Taken, error: FspdError | None) -> str:
         lease, delivery = taken.lease, taken.delivery
         try:
+            if isinstance(error, Cancelled):  # by a user: not retried until `fleet retry`
+                await self.table.finish(lease, FAILED_STATE, reason=str(error), now=self.clock())
+                await self.queue.delete(delivery)
+                return CANCELLED
             if error is None:
                 await self.table.finish(lease, DONE, now=self.clock())
                 await self.queue.delete(delivery)
@@ -135,11 +142,23 @@ class Fleet:
                         error=str(exc))
             return FENCED
 
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the run of a job this host holds (a user's ``fspd cancel``): ``run`` there
+        turns it into :class:`Cancelled`, which ends the job as failed, its message deleted
+        (``fspd fleet retry`` queues it again, resuming from its checkpoint). False when this
+        host is not running it."""
+        job = self._running.get(job_id)
+        if job is None or job.done():
+            return False
+        job.cancel()
+        return True
+
     async def run(self, taken: Taken, run: Callable[[Lease], Awaitable[Any]],
                   journal: Callable[[], Journal | None] = lambda: None,
                   progress: Callable[[], dict[str, Any]] | None = None) -> str:
-        """Run the taken job with its heartbeat; the outcome (done, failed or fenced)."""
+        """Run the taken job with its heartbeat; the outcome (done, failed, fenced or cancelled)."""
         job = asyncio.ensure_future(run(taken.lease))
+        self._running[taken.lease.job_id] = job
         fenced: list[FencedOut] = []
 
         def stop(exc: FencedOut) -> None:
@@ -152,13 +171,17 @@ class Fleet:
             await job
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if not fenced or (current is not None and current.cancelling()):
-                raise  # cancelled from outside (the daemon is stopping), not by the fence
-            self.counts[FENCED] += 1
-            return FENCED
+            if current is not None and current.cancelling():
+                raise  # cancelled from outside (the daemon is stopping)
+            if fenced:
+                self.counts[FENCED] += 1
+                return FENCED
+            # by cancel(), before the run could say so itself (it had not begun)
+            error = Cancelled("cancelled before it started")
         except FspdError as exc:
             error = exc
         finally:
+            self._running.pop(taken.lease.job_id, None)
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
