@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiobotocore.session import AioSession, get_session
@@ -66,6 +68,22 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorControl:
     control = EmulatorControl(emulator_process.url)
     control.reset()
     return control
+
+
+def run_grouped(argv: list[str], *, timeout: float, **kwargs: Any
+                ) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, capture_output=True, text=True)`` for a command that starts
+    processes of its own (a benchmark's emulator and daemons, the demo's): it runs in a
+    session of its own, and whatever of that session is left when it ends, times out or the
+    test is interrupted is killed, instead of outliving the test."""
+    with subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def _free_port() -> int:

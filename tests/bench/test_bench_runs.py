@@ -6,12 +6,11 @@ cover what ``python -m tests.bench --quick`` runs."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_grouped
 
 # What each section must print (its headings and rows; the ratios are in these rows).
 EXPECTED = {
@@ -28,8 +27,8 @@ EXPECTED = {
 
 
 def _quick(section: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "tests.bench", "--quick", "--only", section],
-                         cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
+    out = run_grouped([sys.executable, "-m", "tests.bench", "--quick", "--only", section],
+                      cwd=ROOT, timeout=280)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stdout.startswith("machine:"), out.stdout

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_grouped
 
 pytestmark = [pytest.mark.moto, pytest.mark.bench]
 
 
 @pytest.mark.timeout(240)
 def test_the_fleet_benchmark_prints_a_row_per_host_count_and_counts_requests() -> None:
-    out = subprocess.run(
+    out = run_grouped(
         [sys.executable, "-m", "tests.bench.fleet_scaling", "--hosts", "1,2",
          "--jobs-per-host", "1", "--blocks", "4", "--latency-ms", "50"],
-        cwd=ROOT, capture_output=True, text=True, timeout=230, check=False)
+        cwd=ROOT, timeout=230)
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("Fleet scaling: W fspd serve hosts"), out.stdout

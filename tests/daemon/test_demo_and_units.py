@@ -15,6 +15,7 @@ from fspd import config
 from fspd.daemon.spool import Spool, rename_noreplace
 from fspd.daemon.view import parse_rate
 from fspd.errors import BadInput
+from tests.conftest import run_grouped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_fspd_demo_runs_every_example_job_and_checks_the_bytes(tmp_path: Path) -> None:
     # A hang guard only, above the demo's own 300 s bound on its jobs: on a loaded 2-core
     # machine the demo took more than 110 s, and its own error says more than a timeout.
-    done = subprocess.run([sys.executable, "-m", "fspd", "demo", "--dir", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=420, cwd=tmp_path)
+    done = run_grouped([sys.executable, "-m", "fspd", "demo", "--dir", str(tmp_path / "demo")],
+                       timeout=420, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "all checks passed" in done.stderr
     assert done.stderr.count("[ok]") == 3
