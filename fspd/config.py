@@ -49,8 +49,8 @@ class TransferSettings(_Section):
     hash_in_threads: bool | Literal["auto"] = "auto"
     hash_threads: int = Field(0, ge=0, le=64)
     # Read file/device sources (pread, zero test, SHA-256) on worker_threads threads: "auto"
-    # for block devices only (a read waits on the device); a regular file is read on the
-    # loop, ahead of need by the kernel's readahead (fspd/endpoints/files.py says why).
+    # reads a regular file on the loop when at most 2 CPUs are usable, else on threads
+    # (block devices always: a read waits on the device); fspd/endpoints/files.py says why.
     read_in_threads: bool | Literal["auto"] = "auto"
     # Sign with botocore, send Get/PutSnapshotBlock with aiohttp (see docs/performance).
     fast_path: bool = True

@@ -1,8 +1,8 @@
-"""``fspd upload`` of a regular file reads it on the event loop (``[transfer]
-read_in_threads = "auto"``, fspd/endpoints/files.py): no reading threads taking the GIL back
-from the loop twice per block. The upload runs as typed; its effect is the snapshot's bytes,
-and the hand-overs it no longer makes show in the process's voluntary context switches
-(``wait4``), compared with the same upload forced onto threads."""
+"""``fspd upload`` of a regular file with at most two usable CPUs reads it on the event loop
+(``[transfer] read_in_threads = "auto"``, fspd/endpoints/files.py): no reading threads taking
+the GIL back from the loop twice per block. The upload runs as typed; its effect is the
+snapshot's bytes, and the hand-overs it no longer makes show in the process's voluntary
+context switches (``wait4``), compared with the same upload forced onto threads."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ import pytest
 
 from fspd.blocks import BLOCK_SIZE
 from fspd.emulator.control import EmulatorControl
-from fspd.endpoints.files import reads_on_loop
+from fspd.endpoints.files import LOOP_READS_MAX_CPUS, reads_on_loop
 from tests.cli.conftest import fspd_argv
 from tests.conftest import TEST_AWS_CONFIG
 
 BLOCKS = 512  # 256 MiB: enough blocks that per-block hand-overs outnumber start-up's
+# The CPUs the uploads may use (their affinity, as taskset or CPUAffinity= would set it).
+CPUS = set(sorted(os.sched_getaffinity(0))[:LOOP_READS_MAX_CPUS])
 
 
 def _upload(cli_env: dict[str, str], cwd: Path, source: Path, transfer: str
@@ -31,7 +33,8 @@ def _upload(cli_env: dict[str, str], cwd: Path, source: Path, transfer: str
     with open(cwd / "stdout", "w+b") as out, open(cwd / "stderr", "w+b") as err:
         proc = subprocess.Popen(fspd_argv(["fspd", "upload", str(source), "--json"]), cwd=cwd,
                                 env={**cli_env, "FSPD_CONFIG": str(config)},
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                preexec_fn=lambda: os.sched_setaffinity(0, CPUS))
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
@@ -61,9 +64,11 @@ def test_upload_of_a_regular_file_reads_on_the_loop_without_gil_handovers(
     assert loop_switches * 2 < thread_switches, (loop_switches, thread_switches)
 
 
-@pytest.mark.parametrize(("setting", "regular", "on_loop"), [
-    ("auto", True, True), ("auto", False, False),  # a device's reads wait on the device
-    (True, True, False), (True, False, False), (False, False, True)])
-def test_read_in_threads_setting_decides_where_a_file_source_reads(
-        setting: bool | str, regular: bool, on_loop: bool) -> None:
-    assert reads_on_loop(setting, regular) is on_loop
+@pytest.mark.parametrize(("setting", "regular", "cpus", "on_loop"), [
+    ("auto", True, 1, True), ("auto", True, 2, True),
+    ("auto", True, 3, False),  # a reading thread has a core of its own
+    ("auto", False, 2, False),  # a device's reads wait on the device
+    (True, True, 2, False), (True, False, 1, False), (False, False, 8, True)])
+def test_read_in_threads_setting_and_usable_cpus_decide_where_a_file_source_reads(
+        setting: bool | str, regular: bool, cpus: int, on_loop: bool) -> None:
+    assert reads_on_loop(setting, regular, cpus) is on_loop
