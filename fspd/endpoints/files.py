@@ -239,8 +239,8 @@ def reads_on_loop(setting: bool | str, regular_file: bool, cpus: int | None = No
     the GIL back from the loop, and uvloop lets go of it around every I/O callback: threads
     and loop hand it over thousands of times a second. On this project's 2-CPU machine a
     4 GiB ``fspd upload`` as typed made ~22,000 voluntary context switches that way (the
-    floor, which reads on its loop: ~2,000) and cost 15-20 % more CPU, with no gain in
-    speed: the second CPU is busy with the network stack and the other end. A regular file
+    floor, which reads on its loop: ~2,000) and cost 7-20 % more CPU, with no steady gain
+    in speed: the second CPU is busy with the network stack and the other end. A regular file
     read in order comes from the page cache (readahead), so a read on the loop rarely waits;
     a block device's read waits on the device, so it stays on threads. "auto" reads on the
     loop for a regular file with at most LOOP_READS_MAX_CPUS usable CPUs; true or false
