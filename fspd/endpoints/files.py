@@ -1,7 +1,8 @@
 """Files and block devices as sources and sinks.
 
 Block writes use positioned I/O (pread/pwrite) on one descriptor, run on the job's thread pool,
-so many coroutines never share a seek position and the event loop never waits on the disk.
+so many coroutines never share a seek position and the event loop never waits on the disk;
+reads too, except a regular file's where few CPUs are usable (:func:`reads_on_loop`).
 """
 
 from __future__ import annotations
