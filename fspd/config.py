@@ -48,6 +48,10 @@ class TransferSettings(_Section):
     # 0 = auto (usable CPUs - 1, at most 4).
     hash_in_threads: bool | Literal["auto"] = "auto"
     hash_threads: int = Field(0, ge=0, le=64)
+    # Read file/device sources (pread, zero test, SHA-256) on worker_threads threads: "auto"
+    # reads a regular file on the loop when at most 2 CPUs are usable, else on threads
+    # (block devices always: a read waits on the device); fspd/endpoints/files.py says why.
+    read_in_threads: bool | Literal["auto"] = "auto"
     # Sign with botocore, send Get/PutSnapshotBlock with aiohttp (see docs/performance).
     fast_path: bool = True
     list_page_size: int = Field(10_000, ge=100, le=10_000)
