@@ -44,7 +44,7 @@ class TransferSettings(_Section):
     # Threads for compression and file I/O (they release the GIL).
     worker_threads: int = Field(4, ge=1, le=64)
     # Verify fetched blocks' SHA-256 on threads beside the event loop (fspd/hashing.py):
-    # "auto" when more than one CPU is usable (os.sched_getaffinity); hash_threads of them,
+    # "auto" when more than two CPUs are usable (os.sched_getaffinity); hash_threads of them,
     # 0 = auto (usable CPUs - 1, at most 4).
     hash_in_threads: bool | Literal["auto"] = "auto"
     hash_threads: int = Field(0, ge=0, le=64)

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from fspd.config import TransferSettings
 
 MAX_AUTO_THREADS = 4  # one loop keeps at most ~2 busy; more only help several jobs at once
+# Up to this many usable CPUs "auto" keeps hashing (and a regular file's reads,
+# fspd/endpoints/files.py) on the loop. Measured on 2: each thread's GIL-releasing call ends in
+# taking the GIL back from uvloop, thousands of hand-overs a second, and the second CPU is
+# busy with the network stack and the other end anyway; threads cost 2-12 % more CPU and
+# were 1-10 % slower (HTTP and TLS downloads, 2026-12-01). With more CPUs a thread has a
+# core of its own and takes the hashing off the loop, which bounds one stream's speed.
+LOOP_ONLY_MAX_CPUS = 2
 BATCH = 8  # blocks a thread takes at once (4 MiB, ~2.5 ms of hashing)
 
 
@@ -35,11 +42,12 @@ def usable_cpus() -> int:
 
 def thread_count(settings: TransferSettings, cpus: int | None = None) -> int:
     """Threads hashing fetched blocks, 0 for hashing on the loop: ``hash_in_threads``
-    (true, false or "auto": threads when more than one CPU is usable), ``hash_threads``
-    (0 = auto: one per usable CPU beside the loop's, at most MAX_AUTO_THREADS)."""
+    (true, false or "auto": threads when more than LOOP_ONLY_MAX_CPUS CPUs are usable),
+    ``hash_threads`` (0 = auto: one per usable CPU beside the loop's, at most
+    MAX_AUTO_THREADS)."""
     cpus = usable_cpus() if cpus is None else cpus
     on = settings.hash_in_threads
-    if on is False or (on == "auto" and cpus < 2):
+    if on is False or (on == "auto" and cpus <= LOOP_ONLY_MAX_CPUS):
         return 0
     return settings.hash_threads or max(1, min(cpus - 1, MAX_AUTO_THREADS))
 

@@ -37,7 +37,7 @@ from fspd.endpoint import Gap, VolumeInfo
 from fspd.endpoints import registry, safeopen
 from fspd.endpoints.paths import check_read, check_write
 from fspd.errors import BadInput, TransferFailed
-from fspd.hashing import usable_cpus
+from fspd.hashing import LOOP_ONLY_MAX_CPUS, usable_cpus
 from fspd.jobs import HOST_PLACEHOLDER, FileDestinationSpec, FileSourceSpec, JobSpec
 from fspd.log import get_logger
 
@@ -228,9 +228,6 @@ class FileSource:
             self._fd = -1
 
 
-# Usable CPUs up to which "auto" reads a regular file on the loop (measured on 2; with more,
-# a reading thread has a core of its own and the loop sheds the hashing: kept as before).
-LOOP_READS_MAX_CPUS = 2
 
 
 def reads_on_loop(setting: bool | str, regular_file: bool, cpus: int | None = None) -> bool:
@@ -244,10 +241,10 @@ def reads_on_loop(setting: bool | str, regular_file: bool, cpus: int | None = No
     in speed: the second CPU is busy with the network stack and the other end. A regular file
     read in order comes from the page cache (readahead), so a read on the loop rarely waits;
     a block device's read waits on the device, so it stays on threads. "auto" reads on the
-    loop for a regular file with at most LOOP_READS_MAX_CPUS usable CPUs; true or false
+    loop for a regular file with at most LOOP_ONLY_MAX_CPUS usable CPUs; true or false
     force threads or the loop."""
     if setting == "auto":
-        return regular_file and (usable_cpus() if cpus is None else cpus) <= LOOP_READS_MAX_CPUS
+        return regular_file and (usable_cpus() if cpus is None else cpus) <= LOOP_ONLY_MAX_CPUS
     return not setting
 
 

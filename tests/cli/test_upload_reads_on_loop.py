@@ -15,13 +15,14 @@ import pytest
 
 from fspd.blocks import BLOCK_SIZE
 from fspd.emulator.control import EmulatorControl
-from fspd.endpoints.files import LOOP_READS_MAX_CPUS, reads_on_loop
+from fspd.endpoints.files import reads_on_loop
+from fspd.hashing import LOOP_ONLY_MAX_CPUS
 from tests.cli.conftest import fspd_argv
 from tests.conftest import TEST_AWS_CONFIG
 
 BLOCKS = 512  # 256 MiB: enough blocks that per-block hand-overs outnumber start-up's
 # The CPUs the uploads may use (their affinity, as taskset or CPUAffinity= would set it).
-CPUS = set(sorted(os.sched_getaffinity(0))[:LOOP_READS_MAX_CPUS])
+CPUS = set(sorted(os.sched_getaffinity(0))[:LOOP_ONLY_MAX_CPUS])
 
 
 def _upload(cli_env: dict[str, str], cwd: Path, source: Path, transfer: str
