@@ -135,6 +135,7 @@ class FileSource:
         # (``_on_loop``, see :func:`reads_on_loop`).
         self._reader: BatchedThreads | None = None
         self._on_loop = False
+        self._regular = False  # a regular file (else a block device), known once opened
 
     async def open(self) -> VolumeInfo:
         try:
@@ -147,8 +148,9 @@ class FileSource:
         self.size = _device_size(self._fd)
         if self.size == 0:
             raise BadInput(f"{self.raw_path} is empty", field=self.field)
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._on_loop = reads_on_loop(self.ctx.settings.transfer.read_in_threads,
-                                      stat.S_ISREG(os.fstat(self._fd).st_mode))
+                                      self._regular)
         if self._on_loop:  # read in order: let the kernel read well ahead of the loop
             with contextlib.suppress(OSError):
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -159,8 +161,8 @@ class FileSource:
         count = blocks_for_bytes(self.size)
         # Only a regular file's holes are known zeros; a block device answers SEEK_DATA in
         # ways that say nothing about its content, so every block of it is read.
-        regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
-        ranges = await self.ctx.offload(_data_ranges, self._fd, self.size) if regular else None
+        ranges = (await self.ctx.offload(_data_ranges, self._fd, self.size) if self._regular
+                  else None)
         self.ctx.progress.expect(count, data_blocks=count if ranges is None
                                  else _data_block_count(ranges, self.size))
         if ranges is None:
@@ -199,25 +201,22 @@ class FileSource:
             return await self.ctx.offload(lambda: is_zero(pad_block(
                 os.pread(self._fd, BLOCK_SIZE, ref.index * BLOCK_SIZE))))
         except OSError as exc:
-            raise TransferFailed(f"reading {self.raw_path} at block {ref.index}: "
-                                 f"{exc.strerror}") from None
+            raise self._read_failed(ref.index, exc) from None
 
     async def fetch(self, ref: BlockRef) -> Block:
         self.reads += 1
-        if self._on_loop:
-            try:
-                return self._read(ref.index)
-            except OSError as exc:
-                raise TransferFailed(f"reading {self.raw_path} at block {ref.index}: "
-                                     f"{exc.strerror}") from None
-        if self._reader is None:
-            self._reader = BatchedThreads(self.ctx.settings.transfer.worker_threads,
-                                          batch=READ_BATCH, name="fspd-read")
         try:
+            if self._on_loop:
+                return self._read(ref.index)
+            if self._reader is None:
+                self._reader = BatchedThreads(self.ctx.settings.transfer.worker_threads,
+                                              batch=READ_BATCH, name="fspd-read")
             return await self._reader.submit(self._read, ref.index)
         except OSError as exc:
-            raise TransferFailed(f"reading {self.raw_path} at block {ref.index}: "
-                                 f"{exc.strerror}") from None
+            raise self._read_failed(ref.index, exc) from None
+
+    def _read_failed(self, index: int, exc: OSError) -> TransferFailed:
+        return TransferFailed(f"reading {self.raw_path} at block {index}: {exc.strerror}")
 
     async def close(self) -> None:
         if self._reader is not None:  # its queued reads end before the descriptor closes

@@ -4,7 +4,6 @@ retry` queues it again, resuming the same pending snapshot from its checkpoint i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import botocore.session
 from fspd.emulator.control import EmulatorControl
 from tests.cli.conftest import Runner
 from tests.daemon import conftest as daemon_fixtures
-from tests.daemon.conftest import Daemon, upload_job, wait_for, write_config
-from tests.fleet.conftest import make_bucket
-from tests.fleet.test_fleet_serve import TAKEOVER, _fleet_item
+from tests.daemon.conftest import Daemon, wait_for, write_config
+from tests.fleet.test_fleet_serve import TAKEOVER, _fleet_item, submit_held_upload
 
 make_daemon = daemon_fixtures.make_daemon  # a real `fspd serve` per test
 
@@ -32,13 +30,7 @@ def _messages_left(moto_url: str, queue: str) -> int:
 def test_cancel_of_a_fleet_job_ends_it_in_the_table_and_retry_resumes_it(
         make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
         fleet_endpoints: str, tmp_path: Path) -> None:
-    make_bucket(fleet_endpoints)
-    assert fleet_cli("fspd fleet init").returncode == 0
-    image = tmp_path / "in.img"
-    image.write_bytes(os.urandom(8 << 20))  # 16 blocks; the emulator answers only 4 puts
-    emulator.faults(hold_after=4, operations=["PutSnapshotBlock"])
-    (tmp_path / "up.toml").write_text(f'name = "fleet-up"\n{upload_job(emulator, image)}')
-    assert fleet_cli("fspd submit --fleet up.toml").returncode == 0
+    image = submit_held_upload(emulator, fleet_cli, fleet_endpoints, tmp_path)
     d = make_daemon("--config", str(write_config(tmp_path / "serve.toml", TAKEOVER)),
                     root=tmp_path / "host-a")
     wait_for(lambda: d.api("/v1/jobs/fleet-up", missing_ok=True) and _fleet_item(

@@ -84,16 +84,25 @@ def _s3_journal(moto_url: str, item: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(body))
 
 
-def test_after_kill_9_another_host_takes_over_and_finishes_the_same_snapshot(
-        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
-        fleet_endpoints: str, tmp_path: Path) -> None:
-    make_bucket(fleet_endpoints)
+def submit_held_upload(emulator: EmulatorControl, fleet_cli: Runner, moto_url: str,
+                       tmp_path: Path) -> Path:
+    """`fspd fleet init`, then an upload of 16 random blocks submitted to the fleet as job
+    "fleet-up", with the emulator answering only its first 4 puts (the rest wait until the
+    faults change): a host running it stops at a known point. The uploaded image."""
+    make_bucket(moto_url)
     assert fleet_cli("fspd fleet init").returncode == 0
     image = tmp_path / "in.img"
-    image.write_bytes(os.urandom(8 << 20))  # 16 blocks; the emulator answers only 4 puts
+    image.write_bytes(os.urandom(8 << 20))
     emulator.faults(hold_after=4, operations=["PutSnapshotBlock"])
     (tmp_path / "up.toml").write_text(f'name = "fleet-up"\n{upload_job(emulator, image)}')
     assert fleet_cli("fspd submit --fleet up.toml").returncode == 0
+    return image
+
+
+def test_after_kill_9_another_host_takes_over_and_finishes_the_same_snapshot(
+        make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
+        fleet_endpoints: str, tmp_path: Path) -> None:
+    image = submit_held_upload(emulator, fleet_cli, fleet_endpoints, tmp_path)
     config = write_config(tmp_path / "serve.toml", TAKEOVER)
     a = make_daemon("--config", str(config), root=tmp_path / "host-a")
 
@@ -128,13 +137,7 @@ def test_after_kill_9_another_host_takes_over_and_finishes_the_same_snapshot(
 def test_a_zombie_host_is_fenced_out_and_the_result_stays_correct(
         make_daemon: Callable[..., Daemon], emulator: EmulatorControl, fleet_cli: Runner,
         fleet_endpoints: str, tmp_path: Path) -> None:
-    make_bucket(fleet_endpoints)
-    assert fleet_cli("fspd fleet init").returncode == 0
-    image = tmp_path / "in.img"
-    image.write_bytes(os.urandom(8 << 20))
-    emulator.faults(hold_after=4, operations=["PutSnapshotBlock"])  # host-a stops mid-way
-    (tmp_path / "up.toml").write_text(f'name = "fleet-up"\n{upload_job(emulator, image)}')
-    assert fleet_cli("fspd submit --fleet up.toml").returncode == 0
+    image = submit_held_upload(emulator, fleet_cli, fleet_endpoints, tmp_path)
     config = write_config(tmp_path / "serve.toml", TAKEOVER)
     a = make_daemon("--config", str(config), root=tmp_path / "host-a")
     wait_for(lambda: _fleet_item(fleet_cli, "fleet-up").get("owner"), 60, "host-a to claim")
